@@ -1,0 +1,22 @@
+"""gas_lib: Global Anomaly Synthesis (GLASS's GAS) for industrial defect detection.
+
+Typical use::
+
+    from gas_lib import GASConfig, GASDetector, load_split, evaluate
+    train = load_split("data/anomaly_dataset", "metal_plate", "train")
+    detector = GASDetector(GASConfig.preset("auto")).fit(train)
+    metrics, per_defect, predictions = evaluate(detector, load_split(..., "test"))
+"""
+
+from .config import PRESETS, GASConfig, resolve_device
+from .data import DataError, Sample, list_categories, load_split
+from .evaluate import compute_metrics, evaluate, make_test_tracker
+from .train import GASDetector, TrainingDiverged
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PRESETS", "GASConfig", "resolve_device", "DataError", "Sample", "list_categories",
+    "load_split", "compute_metrics", "evaluate", "make_test_tracker", "GASDetector",
+    "TrainingDiverged", "__version__",
+]

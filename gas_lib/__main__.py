@@ -1,0 +1,95 @@
+"""Command line: ``python -m gas_lib train ...`` and ``python -m gas_lib bench ...``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .backbone import BackboneUnavailable
+from .config import PRESETS, GASConfig
+from .data import DataError
+
+
+def _config(args: argparse.Namespace) -> GASConfig:
+    overrides = {}
+    for name in ("epochs", "seed", "selection", "device", "image_size", "batch_size"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    if getattr(args, "feature_cache_dir", None):
+        overrides["feature_cache_dir"] = args.feature_cache_dir
+    if getattr(args, "set", None):
+        for item in args.set:
+            key, _, raw = item.partition("=")
+            try:
+                overrides[key] = json.loads(raw)
+            except json.JSONDecodeError:
+                overrides[key] = raw
+    if getattr(args, "config", None):
+        return GASConfig.from_json(args.config).replace(**overrides)
+    return GASConfig.preset(args.profile, **overrides)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m gas_lib", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    profiles = sorted(PRESETS) + ["auto"]
+
+    train = sub.add_parser("train", help="fit on train/good, evaluate on test, write artefacts")
+    train.add_argument("--data-root", required=True, help="folder holding <category>/train/good")
+    train.add_argument("--category", required=True)
+    train.add_argument("--profile", default="auto", choices=profiles)
+    train.add_argument("--config", help="a config JSON file (replaces --profile)")
+    train.add_argument("--out", required=True, help="output folder")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--selection", choices=["last", "validation", "oracle"])
+    train.add_argument("--device")
+    train.add_argument("--feature-cache-dir")
+    train.add_argument("--track-every", type=int, default=0,
+                       help="score the test split every N epochs for the curves (monitoring)")
+    train.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    train.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="any config field")
+
+    bench = sub.add_parser("bench", help="speed and memory table on the current device")
+    bench.add_argument("--profile", default="auto", choices=profiles)
+    bench.add_argument("--images", type=int, default=32)
+    bench.add_argument("--repeats", type=int, default=1)
+    bench.add_argument("--data-root")
+    bench.add_argument("--category")
+    bench.add_argument("--device")
+    bench.add_argument("--batch-size", type=int)
+    bench.add_argument("--image-size", type=int)
+    bench.add_argument("--out", default="bench.json", help="JSON output ('' for none)")
+    bench.add_argument("--set", nargs="*", metavar="KEY=VALUE")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = _config(args)
+        if args.command == "train":
+            from .report import train_and_evaluate
+
+            result = train_and_evaluate(args.data_root, args.category, config, args.out,
+                                        track_every=args.track_every, resume=not args.no_resume)
+            keys = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap", "f1_max",
+                    "train_seconds", "eval_seconds")
+            print(json.dumps({k: result[k] for k in keys}, indent=2))
+            print(f"selection: {result['selection_label']}; artefacts in {Path(args.out)}")
+        else:
+            from .bench import main as bench_main
+
+            bench_main(config, args.images, args.out or None, args.data_root, args.category,
+                       args.repeats)
+    except (DataError, BackboneUnavailable, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Speed and memory of the pieces that matter, on whatever device is present.
+
+Compares, in one process and as ratios: a training epoch on cached backbone features against
+the same epoch recomputing the backbone for every batch (what the reference code does).
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .config import GASConfig
+from .data import load_split
+from .model import build_heads, build_optimizers
+from .report import environment_info, write_json
+from .synthetic import normal_texture
+from .train import GASDetector
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], Any], device: torch.device, repeats: int = 1) -> float:
+    """Median wall time of ``fn`` after one warm-up call."""
+    fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))
+
+
+def bench_images(config: GASConfig, n_images: int, data_root: str | None = None,
+                 category: str | None = None) -> torch.Tensor:
+    """Real training images when a dataset is given, else synthetic metal-like textures."""
+    if data_root and category:
+        samples = load_split(data_root, category, "train")[:n_images]
+        return GASDetector(config).read_images(samples)
+    rng = np.random.default_rng(0)
+    arrays = [normal_texture(rng, config.image_size) for _ in range(n_images)]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+
+
+def peak_rss_mb() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return usage / 1024 if sys.platform != "darwin" else usage / 2**20
+
+
+def run_benchmark(config: GASConfig, n_images: int = 32, data_root: str | None = None,
+                  category: str | None = None, repeats: int = 1) -> dict[str, Any]:
+    """Measure and return the rows of the benchmark table plus the environment."""
+    detector = GASDetector(config)
+    device = detector.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    images = bench_images(config, n_images, data_root, category)
+    extractor = detector.extractor
+    images_dev = images.to(device)
+    amp = config.amp and device.type == "cuda"
+
+    def extract_all() -> torch.Tensor:
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            return torch.cat([extractor(images_dev[i:i + config.batch_size])
+                              for i in range(0, n_images, config.batch_size)])
+
+    feature_s = _timed(extract_all, device, repeats)
+    features = extract_all().float()
+
+    torch.manual_seed(config.seed)
+    detector.adaptor, detector.discriminator = build_heads(features.shape[-1], config)
+    detector.adaptor.to(device)
+    detector.discriminator.to(device)
+    opt_a, opt_d = build_optimizers(detector.adaptor, detector.discriminator, config)
+    cpu_gen = torch.Generator().manual_seed(0)
+    dev_gen = torch.Generator(device=device).manual_seed(0)
+
+    def recompute(idx: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            return extractor(images_dev[idx.to(device)]).float()
+
+    def epoch(source: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], Any]:
+        return lambda: detector.run_epoch(source, n_images, opt_a, opt_d, cpu_gen, dev_gen,
+                                          reference=features)
+
+    cached_s = _timed(epoch(lambda idx: features[idx.to(device)]), device, repeats)
+    recompute_s = _timed(epoch(recompute), device, repeats)
+    detector.adaptor.eval()
+    detector.discriminator.eval()
+    infer_s = _timed(lambda: detector.score(images), device, repeats)
+
+    rows = [
+        {"measure": "backbone features", "value": n_images / feature_s, "unit": "images/s"},
+        {"measure": "epoch, cached features", "value": cached_s, "unit": "s"},
+        {"measure": "epoch, backbone recomputed per batch", "value": recompute_s, "unit": "s"},
+        {"measure": "speed-up of caching", "value": recompute_s / cached_s, "unit": "x"},
+        {"measure": "backbone share of the recompute epoch",
+         "value": 100 * (recompute_s - cached_s) / recompute_s, "unit": "%"},
+        {"measure": "inference end to end (load excluded)", "value": n_images / infer_s,
+         "unit": "images/s"},
+        {"measure": "peak RSS", "value": peak_rss_mb(), "unit": "MB"},
+    ]
+    if device.type == "cuda":
+        rows.append({"measure": "CUDA max allocated",
+                     "value": torch.cuda.max_memory_allocated(device) / 2**20, "unit": "MB"})
+    return {"rows": rows, "n_images": n_images, "profile": config.profile,
+            "config": config.to_dict(), "environment": environment_info()}
+
+
+def format_table(result: dict[str, Any]) -> str:
+    frame = pd.DataFrame(result["rows"])
+    frame["value"] = frame["value"].map(lambda v: f"{v:,.2f}")
+    header = (f"gas_lib bench: profile={result['profile']} backbone={result['config']['backbone']} "
+              f"image={result['config']['image_size']}px images={result['n_images']} "
+              f"device={result['environment']['device']}")
+    return header + "\n" + frame.to_markdown(index=False) if _has_tabulate() else \
+        header + "\n" + frame.to_string(index=False)
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def main(config: GASConfig, n_images: int, out: str | Path | None, data_root: str | None,
+         category: str | None, repeats: int = 1) -> dict[str, Any]:
+    result = run_benchmark(config, n_images, data_root, category, repeats)
+    print(format_table(result))
+    if out:
+        write_json(result, out)
+        print(f"wrote {out}")
+    return result

@@ -1,0 +1,171 @@
+"""One dataclass holds every setting of a run, so a run can be written to JSON and replayed.
+
+Presets name the settings people compare: ``seed`` (the GAS-on-MPDD project this study starts
+from), ``glass`` (the GLASS reference code's MPDD script), ``cpu`` (a small configuration that
+trains a category in minutes on two cores) and ``auto`` (``seed`` with CUDA, else ``cpu``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+BACKBONES = ("wide_resnet50_2", "efficientnet_lite0")
+EMBEDDINGS = ("reference", "avgpool_concat")
+VARIANTS = ("manifold", "hypersphere")
+SELECTIONS = ("last", "validation", "oracle")
+OPTIMIZERS = ("adam", "adamw")
+
+
+@dataclass
+class GASConfig:
+    """Every knob of a GAS run. Field names follow ``GLASS_REFERENCE.md``."""
+
+    # data
+    image_size: int = 288
+    center_crop: bool = False
+    # backbone and patch embedding
+    backbone: str = "wide_resnet50_2"
+    embedding: str = "reference"
+    pretrain_embed_dim: int = 1536
+    target_embed_dim: int = 1536
+    # model
+    disc_hidden: int = 1024
+    # optimisation
+    epochs: int = 100
+    batch_size: int = 8
+    adaptor_optimizer: str = "adam"
+    adaptor_lr: float = 2e-4
+    adaptor_weight_decay: float = 0.0
+    disc_optimizer: str = "adam"
+    disc_lr: float = 2e-4
+    disc_weight_decay: float = 0.0
+    # GAS
+    noise_std: float = 0.015
+    eta: float = 0.1
+    n_step: int = 5
+    n_proj: int = 1
+    r1: float = 1.0
+    r2: float = 2.0
+    variant: str = "manifold"
+    hypersphere_quantile: float = 0.75
+    # model selection: "last" epoch, held-out "validation" split of train/good, or "oracle"
+    # (best image + pixel AUROC on the test split, as the paper did; labelled wherever shown)
+    selection: str = "last"
+    val_fraction: float = 0.2
+    # scoring
+    map_sigma: float = 4.0
+    # run
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    feature_cache_dir: str | None = None
+    profile: str = "custom"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first setting that cannot work."""
+        choices = {
+            "backbone": BACKBONES,
+            "embedding": EMBEDDINGS,
+            "variant": VARIANTS,
+            "selection": SELECTIONS,
+            "adaptor_optimizer": OPTIMIZERS,
+            "disc_optimizer": OPTIMIZERS,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"config.{name}={getattr(self, name)!r}: expected one of {allowed}")
+        positive = ("image_size", "pretrain_embed_dim", "target_embed_dim", "disc_hidden",
+                    "epochs", "batch_size", "n_step", "n_proj")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"config.{name}={getattr(self, name)!r}: expected a positive integer")
+        if self.image_size % 16:
+            raise ValueError(f"config.image_size={self.image_size}: expected a multiple of 16 "
+                             "(the backbone's coarsest stride)")
+        if not 0 < self.r1 <= self.r2:
+            raise ValueError(f"config.r1={self.r1}, r2={self.r2}: expected 0 < r1 <= r2")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"config.val_fraction={self.val_fraction}: expected 0 < value < 1")
+
+    # --- JSON round trip -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "GASConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}; known keys: {sorted(known)}")
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, text_or_path: str | Path) -> "GASConfig":
+        text = str(text_or_path)
+        if not text.lstrip().startswith("{"):
+            text = Path(text_or_path).read_text()
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **changes: Any) -> "GASConfig":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "GASConfig":
+        """A named preset with optional overrides (``GASConfig.preset("cpu", epochs=5)``)."""
+        if name == "auto":
+            name = "seed" if torch.cuda.is_available() else "cpu"
+        if name not in PRESETS:
+            raise ValueError(f"unknown profile {name!r}: expected one of {sorted(PRESETS) + ['auto']}")
+        values = dict(PRESETS[name], profile=name)
+        values.update(overrides)
+        return cls.from_dict(values)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The GAS-on-MPDD project this study starts from (selection made honest: last epoch).
+    "seed": dict(
+        backbone="wide_resnet50_2", embedding="avgpool_concat", image_size=288,
+        epochs=100, batch_size=8, adaptor_optimizer="adam", adaptor_lr=2e-4,
+        disc_optimizer="adam", disc_lr=2e-4, noise_std=0.015, eta=0.1, n_step=5, n_proj=1,
+        r1=1.0, r2=2.0,
+    ),
+    # The GLASS reference code's MPDD script (GAS part).
+    "glass": dict(
+        backbone="wide_resnet50_2", embedding="reference", image_size=288, center_crop=True,
+        epochs=640, batch_size=8, adaptor_optimizer="adam", adaptor_lr=1e-4,
+        adaptor_weight_decay=1e-5, disc_optimizer="adamw", disc_lr=2e-4,
+        disc_weight_decay=1e-2, noise_std=0.015, eta=0.001, n_step=20, n_proj=5,
+        r1=0.5, r2=1.0,
+    ),
+    # Two CPU cores, minutes per category: a small ImageNet backbone and a smaller head.
+    "cpu": dict(
+        backbone="efficientnet_lite0", embedding="reference", image_size=256,
+        pretrain_embed_dim=384, target_embed_dim=384, disc_hidden=512,
+        epochs=20, batch_size=4, adaptor_optimizer="adam", adaptor_lr=2e-4,
+        disc_optimizer="adam", disc_lr=2e-4, noise_std=0.015, eta=0.1, n_step=5, n_proj=1,
+        r1=1.0, r2=2.0,
+    ),
+}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when it is there, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

@@ -1,0 +1,96 @@
+"""Global Anomaly Synthesis: hard synthetic anomalies made by gradient ascent in feature space.
+
+Starting from normal patch features plus a little noise, GAS climbs the discriminator's
+"this is anomalous" loss, i.e. walks towards where the discriminator still calls a patch
+normal, and keeps each patch within a shell ``[r1, r2]`` around its anchor (manifold) or around
+the per-position centre of the training set (hypersphere). The discriminator then learns to
+reject exactly those near-normal points.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .config import GASConfig
+from .model import Discriminator
+
+_EPS = 1e-12
+
+
+@dataclass
+class Shell:
+    """Where synthetic features must lie: ``r1 <= ||g - reference|| <= r2`` per patch."""
+
+    reference: torch.Tensor  # [N, D], the anchor or the per-position centre of each patch
+    r1: float
+    r2: float
+
+
+def project_to_shell(features: torch.Tensor, shell: Shell) -> torch.Tensor:
+    """Truncated projection: rescale each patch's offset from its reference into ``[r1, r2]``."""
+    offset = features - shell.reference
+    norm = offset.norm(dim=-1, keepdim=True)
+    clamped = norm.clamp(shell.r1, shell.r2)
+    return shell.reference + offset * (clamped / norm.clamp_min(_EPS))
+
+
+def manifold_shell(anchors: torch.Tensor, config: GASConfig) -> Shell:
+    return Shell(anchors, config.r1, config.r2)
+
+
+def hypersphere_shell(centres: torch.Tensor, radius: float, scale: tuple[float, float] = (1.0, 2.0)
+                      ) -> Shell:
+    """Shell ``[scale0 * r_t, scale1 * r_t]`` around each patch's position centre (``[N, D]``)."""
+    return Shell(centres, scale[0] * radius, scale[1] * radius)
+
+
+def synthesize(discriminator: Discriminator, anchors: torch.Tensor, shell: Shell,
+               config: GASConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Return GAS features [N, D] for the normal features ``anchors`` (gradients not kept).
+
+    ``n_step`` normalised gradient-ascent steps of size ``eta`` on ``BCE(D(g), 1)``, the norm
+    taken per patch; a truncated projection every ``n_proj`` steps and after the last step, so
+    the result always lies in the shell.
+    """
+    anchors = anchors.detach()
+    noise = torch.randn(anchors.shape, generator=generator, device=anchors.device,
+                        dtype=anchors.dtype)
+    synthetic = anchors + config.noise_std * noise
+    target = torch.ones(anchors.shape[0], device=anchors.device, dtype=anchors.dtype)
+    with torch.enable_grad():
+        for step in range(1, config.n_step + 1):
+            synthetic.requires_grad_(True)
+            loss = F.binary_cross_entropy_with_logits(discriminator.logits(synthetic), target)
+            (grad,) = torch.autograd.grad(loss, synthetic)
+            grad_norm = grad.norm(dim=-1, keepdim=True).clamp_min(_EPS)
+            synthetic = synthetic.detach() + config.eta * grad / grad_norm
+            if step % config.n_proj == 0 or step == config.n_step:
+                synthetic = project_to_shell(synthetic, shell)
+    return synthetic.detach()
+
+
+def gas_losses(discriminator: Discriminator, normal: torch.Tensor, synthetic: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``BCE(D(t), 0)`` and ``BCE(D(g), 1)``, from one discriminator pass over both sets."""
+    logits = discriminator.logits(torch.cat([normal, synthetic]))
+    n = normal.shape[0]
+    loss_normal = F.binary_cross_entropy_with_logits(logits[:n], torch.zeros_like(logits[:n]))
+    loss_anomaly = F.binary_cross_entropy_with_logits(logits[n:], torch.ones_like(logits[n:]))
+    return loss_normal, loss_anomaly
+
+
+def position_centres(features: torch.Tensor, quantile: float = 0.75
+                     ) -> tuple[torch.Tensor, float]:
+    """Per-position centre ``c`` [P, D] of adapted features [N, P, D] and radius ``r_t``.
+
+    ``r_t`` is the ``quantile`` of the normal patches' distances to their position's centre.
+    """
+    centres = features.mean(dim=0)
+    distances = (features - centres).norm(dim=-1).flatten().float()
+    if distances.numel() > 1_000_000:  # torch.quantile has an input size limit
+        step = distances.numel() // 1_000_000 + 1
+        distances = distances[::step]
+    return centres, float(torch.quantile(distances, quantile))

@@ -1,0 +1,166 @@
+"""Run artefacts: fit + evaluate one category and write everything a reader needs to trust it.
+
+``train_and_evaluate`` is what ``python -m gas_lib train`` and the notebooks call. Its output
+folder holds ``metrics.json`` (metrics, config, selection protocol, versions, device, timings),
+``per_defect.csv``, ``history.csv``, the figures and the selected model, each written
+atomically so an interrupted run never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import plots
+from .config import GASConfig
+from .data import load_split
+from .evaluate import Predictions, evaluate, make_test_tracker
+from .train import GASDetector
+
+SELECTION_LABELS = {
+    "last": "honest: last epoch",
+    "validation": "honest: lowest held-out GAS loss on a validation split of train/good",
+    "oracle": "ORACLE: best test-set image+pixel AUROC (tunes on the test set; not a fair result)",
+}
+
+
+def environment_info() -> dict[str, Any]:
+    """Versions, device and git commit, recorded with every result."""
+    import numpy
+    import sklearn
+    import torchvision
+
+    info: dict[str, Any] = {
+        "python": platform.python_version(), "platform": platform.platform(),
+        "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__, "scikit_learn": sklearn.__version__,
+        "cpu_threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+    }
+    try:
+        import timm
+        info["timm"] = timm.__version__
+    except ImportError:
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=5, cwd=Path(__file__).resolve().parent)
+        info["git_commit"] = commit.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        info["git_commit"] = None
+    return info
+
+
+def write_json(data: dict[str, Any], path: str | Path) -> Path:
+    """Atomic JSON write (NaN written as null, so browsers and pandas both read it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean = json.loads(json.dumps(data, default=_plain), parse_constant=lambda _: None)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(clean, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def write_csv(frame, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def save_figures(detector: GASDetector, predictions: Predictions, category: str,
+                 out_dir: Path, threshold: float | None = None) -> list[Path]:
+    """The starting project's file names plus PR, score and anomaly-map figures."""
+    saved = []
+    figures = {
+        f"training_curves_{category}.png": lambda p: plots.plot_training_curves(
+            detector.history, title=f"{category}: training", selected_epoch=detector.selected_epoch,
+            save_to=p),
+        f"roc_curve_{category}.png": lambda p: plots.plot_roc_curve(
+            predictions.labels, predictions.image_scores, title=f"{category}: image ROC", save_to=p),
+        f"pr_curve_{category}.png": lambda p: plots.plot_pr_curve(
+            predictions.labels, predictions.image_scores, title=f"{category}: image PR", save_to=p),
+        f"score_distribution_{category}.png": lambda p: plots.plot_score_distributions(
+            predictions.labels, predictions.image_scores, predictions.defect_types,
+            threshold=threshold, title=f"{category}: image scores", save_to=p),
+    }
+    for name, draw in figures.items():
+        if name.startswith("training_curves") and detector.history.empty:
+            continue
+        fig = draw(out_dir / name)
+        saved.append(out_dir / name)
+        del fig
+    defect = np.flatnonzero(predictions.labels == 1)
+    good = np.flatnonzero(predictions.labels == 0)
+    pick = np.r_[defect[:6], good[:2]]
+    if pick.size:
+        images = detector.read_images([predictions.samples[i] for i in pick])
+        plots.plot_anomaly_grid(images, predictions.masks[pick], predictions.maps[pick].astype(np.float32),
+                                titles=[f"{predictions.defect_types[i]} score={predictions.image_scores[i]:.3f}"
+                                        for i in pick],
+                                save_to=out_dir / f"anomaly_maps_{category}.png")
+        saved.append(out_dir / f"anomaly_maps_{category}.png")
+    return saved
+
+
+def train_and_evaluate(data_root: str | Path, category: str, config: GASConfig,
+                       out_dir: str | Path, *, track_every: int = 0, resume: bool = True,
+                       figures: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Fit on ``train/good``, evaluate on ``test``, write every artefact into ``out_dir``.
+
+    ``track_every > 0`` scores the test split every that many epochs, for the curves only
+    (unless the config's selection is ``oracle``, which is then labelled as such).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    train_samples = load_split(data_root, category, "train")
+    test_samples = load_split(data_root, category, "test")
+    if config.selection == "oracle" and track_every <= 0:
+        track_every = 1
+    tracker = make_test_tracker(test_samples, track_every) if track_every > 0 else None
+    config.to_json(out_dir / "config.json")
+
+    detector = GASDetector(config)
+    detector.fit(train_samples, checkpoint_dir=out_dir / "checkpoints", resume=resume,
+                 epoch_callback=tracker, progress=progress)
+    model_path = detector.save(out_dir / f"best_model_{category}.pth")
+    write_csv(detector.history, out_dir / "history.csv")
+
+    metrics, per_defect, predictions = evaluate(detector, test_samples, progress=progress)
+    write_csv(per_defect, out_dir / "per_defect.csv")
+    result = {
+        "category": category, **metrics,
+        "train_seconds": detector.timings.get("train_seconds", float("nan")),
+        "feature_seconds": detector.timings.get("feature_seconds", float("nan")),
+        "total_seconds": time.perf_counter() - started,
+        "selection": config.selection, "selection_label": SELECTION_LABELS[config.selection],
+        "selected_epoch": detector.selected_epoch,
+        "n_train": len(train_samples), "n_test": len(test_samples),
+        "profile": config.profile, "backbone": config.backbone, "synthesis": "gas",
+        "config": config.to_dict(), "environment": environment_info(),
+        "model_path": str(model_path.name),
+    }
+    if figures:
+        save_figures(detector, predictions, category, out_dir, metrics.get("f1_threshold"))
+    write_json(result, out_dir / "metrics.json")
+    return result

@@ -1,0 +1,403 @@
+"""``GASDetector``: configure, ``fit`` on normal images, ``score``, ``save``/``load``.
+
+The frozen backbone runs once per training image; every epoch trains the adaptor and the
+discriminator on the cached patch features. Each epoch ends with an atomic checkpoint, so an
+interrupted fit resumes where it stopped and ends with the same weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .backbone import FeatureExtractor, embed_images
+from .config import GASConfig, resolve_device
+from .data import Sample, load_images
+from .gas import (Shell, gas_losses, hypersphere_shell, manifold_shell, position_centres,
+                  synthesize)
+from .model import Adaptor, Discriminator, build_heads, build_optimizers
+
+ImagesLike = torch.Tensor | Sequence[Sample] | Sequence[str | Path]
+EpochCallback = Callable[["GASDetector", int], dict[str, float]]
+CHECKPOINT_NAME = "checkpoint_last.pt"
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def set_seed(seed: int) -> None:
+    """Seed every generator a fit touches (Python, NumPy, torch CPU and CUDA)."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """Write to a temporary file and rename, so a crash never leaves half a checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian smoothing of [B, H, W] maps (reflect padding, radius 4 sigma)."""
+    if sigma <= 0:
+        return maps
+    radius = int(math.ceil(4 * sigma))
+    x = torch.arange(-radius, radius + 1, device=maps.device, dtype=maps.dtype)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    out = maps[:, None]
+    out = F.conv2d(F.pad(out, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
+    out = F.conv2d(F.pad(out, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
+    return out[:, 0]
+
+
+class GASDetector:
+    """GAS anomaly detector in the scikit-learn spirit.
+
+    >>> detector = GASDetector(GASConfig.preset("cpu")).fit(train_samples)
+    >>> image_scores, anomaly_maps = detector.score(test_images)
+    """
+
+    def __init__(self, config: GASConfig | None = None, *, pretrained: bool = True,
+                 **overrides: Any) -> None:
+        config = config or GASConfig.preset("auto")
+        self.config = config.replace(**overrides) if overrides else config
+        self.device = resolve_device(self.config.device)
+        self.pretrained = pretrained
+        self._extractor: FeatureExtractor | None = None
+        self.adaptor: Adaptor | None = None
+        self.discriminator: Discriminator | None = None
+        self.centres: torch.Tensor | None = None  # hypersphere: per-position centre [P, D]
+        self.radius: float | None = None
+        self.history: pd.DataFrame = pd.DataFrame()
+        self.selected_epoch: int | None = None
+        self.timings: dict[str, float] = {}
+
+    # --- features ------------------------------------------------------------------------
+    @property
+    def extractor(self) -> FeatureExtractor:
+        if self._extractor is None:
+            self._extractor = FeatureExtractor.from_config(self.config, self.pretrained)
+            self._extractor.to(self.device)
+        return self._extractor
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return FeatureExtractor.grid_size(self.config.image_size)
+
+    def read_images(self, images: ImagesLike) -> torch.Tensor:
+        """Images [N, 3, S, S] in [0, 1] from a tensor, ``Sample`` objects or file paths."""
+        if isinstance(images, torch.Tensor):
+            return images
+        paths = [s.image_path if isinstance(s, Sample) else Path(s) for s in images]
+        return load_images(paths, self.config.image_size, self.config.center_crop)
+
+    def embed(self, images: ImagesLike, progress: bool = True) -> torch.Tensor:
+        """Cached backbone patch features [N, P, D] on the detector's device."""
+        return embed_images(self.extractor, self.read_images(images), self.device,
+                            batch_size=max(self.config.batch_size, 8), amp=self.config.amp,
+                            cache_dir=self.config.feature_cache_dir, progress=progress)
+
+    # --- training ------------------------------------------------------------------------
+    def fit(self, images: ImagesLike, *, checkpoint_dir: str | Path | None = None,
+            resume: bool = True, epoch_callback: EpochCallback | None = None,
+            progress: bool = True) -> "GASDetector":
+        """Train on normal images; see ``fit_features`` for the options."""
+        started = time.perf_counter()
+        features = self.embed(images, progress=progress)
+        self.timings["feature_seconds"] = time.perf_counter() - started
+        return self.fit_features(features, checkpoint_dir=checkpoint_dir, resume=resume,
+                                 epoch_callback=epoch_callback, progress=progress)
+
+    def fit_features(self, features: torch.Tensor, *, checkpoint_dir: str | Path | None = None,
+                     resume: bool = True, epoch_callback: EpochCallback | None = None,
+                     progress: bool = True) -> "GASDetector":
+        """Train on cached features [N, P, D].
+
+        - ``checkpoint_dir``: an atomic checkpoint after every epoch; with ``resume`` a fit
+          with the same config continues from it.
+        - ``epoch_callback(detector, epoch) -> metrics``: monitoring (e.g. test AUROC per
+          epoch); with ``selection="oracle"`` its ``image_auroc + pixel_auroc`` picks the epoch.
+        - selection ``last`` keeps the final epoch; ``validation`` holds out ``val_fraction`` of
+          the training images and keeps the epoch with the lowest held-out GAS loss.
+        """
+        cfg = self.config
+        if cfg.selection == "oracle" and epoch_callback is None:
+            raise ValueError("selection='oracle' needs an epoch_callback that scores the test "
+                             "split (gas_lib.evaluate.make_test_tracker)")
+        set_seed(cfg.seed)
+        fit_started = time.perf_counter()
+        features = features.to(self.device)
+        train_idx, val_idx = self._split(features.shape[0])
+        if train_idx.numel() == 0:
+            raise ValueError("no training images left after the validation split")
+        self.adaptor, self.discriminator = build_heads(features.shape[-1], cfg)
+        self.adaptor.to(self.device)
+        self.discriminator.to(self.device)
+        opt_adaptor, opt_disc = build_optimizers(self.adaptor, self.discriminator, cfg)
+        cpu_gen = torch.Generator().manual_seed(cfg.seed)
+        dev_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
+        rows: list[dict[str, float]] = []
+        best: dict[str, Any] = {"score": -math.inf, "epoch": None, "state": None}
+        start_epoch = 1
+
+        ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
+        if ckpt_path is not None and resume and ckpt_path.exists():
+            state = torch.load(ckpt_path, map_location=self.device, weights_only=True)
+            if state["config"] == cfg.to_dict() and state["n_train"] == features.shape[0]:
+                self.adaptor.load_state_dict(state["adaptor"])
+                self.discriminator.load_state_dict(state["discriminator"])
+                opt_adaptor.load_state_dict(state["opt_adaptor"])
+                opt_disc.load_state_dict(state["opt_disc"])
+                cpu_gen.set_state(state["cpu_gen"])
+                dev_gen.set_state(state["dev_gen"].to(dev_gen.get_state().device))
+                rows = [dict(r) for r in state["history"]]
+                best = {"score": state["best_score"], "epoch": state["best_epoch"],
+                        "state": state["best_state"]}
+                start_epoch = state["epoch"] + 1
+                self._restore_centres(state)
+
+        train_feats, val_feats = features[train_idx], features[val_idx]
+        epochs = range(start_epoch, cfg.epochs + 1)
+        bar = tqdm(epochs, desc="GAS epochs", disable=not progress, initial=start_epoch - 1,
+                   total=cfg.epochs)
+        for epoch in bar:
+            epoch_started = time.perf_counter()
+            row = self.run_epoch(lambda idx: train_feats[idx], train_feats.shape[0],
+                                 opt_adaptor, opt_disc, cpu_gen, dev_gen, reference=train_feats)
+            if not all(math.isfinite(v) for v in row.values()):
+                raise TrainingDiverged(
+                    f"epoch {epoch}: loss is not finite ({row}); the last good checkpoint "
+                    f"{'is ' + str(ckpt_path) if ckpt_path else 'was not saved (no checkpoint_dir)'}"
+                    "; lower the learning rates or eta")
+            row["epoch"] = epoch
+            row["seconds"] = time.perf_counter() - epoch_started
+            if val_idx.numel():
+                row["val_loss"] = self.held_out_loss(val_feats)
+            if epoch_callback is not None:
+                row.update(epoch_callback(self, epoch))
+            rows.append(row)
+            score = self._selection_score(row)
+            if score is not None and score > best["score"]:
+                best = {"score": score, "epoch": epoch, "state": self._head_state()}
+            bar.set_postfix(normal=f"{row['loss_normal']:.3f}", anomaly=f"{row['loss_anomaly']:.3f}")
+            if ckpt_path is not None:
+                atomic_torch_save({
+                    "config": cfg.to_dict(), "n_train": features.shape[0], "epoch": epoch,
+                    "adaptor": self.adaptor.state_dict(),
+                    "discriminator": self.discriminator.state_dict(),
+                    "opt_adaptor": opt_adaptor.state_dict(), "opt_disc": opt_disc.state_dict(),
+                    "cpu_gen": cpu_gen.get_state(), "dev_gen": dev_gen.get_state().cpu(),
+                    "history": rows, "best_score": best["score"], "best_epoch": best["epoch"],
+                    "best_state": best["state"], **self._centre_state(),
+                }, ckpt_path)
+
+        self.history = pd.DataFrame(rows)
+        if cfg.selection == "last" or best["state"] is None:
+            self.selected_epoch = cfg.epochs
+        else:
+            self.selected_epoch = best["epoch"]
+            self._load_head_state(best["state"])
+        self.adaptor.eval()
+        self.discriminator.eval()
+        self.timings["train_seconds"] = time.perf_counter() - fit_started
+        return self
+
+    def run_epoch(self, batch_features: Callable[[torch.Tensor], torch.Tensor], n_images: int,
+                  opt_adaptor: torch.optim.Optimizer, opt_disc: torch.optim.Optimizer,
+                  cpu_gen: torch.Generator, dev_gen: torch.Generator,
+                  reference: torch.Tensor | None = None) -> dict[str, float]:
+        """One pass over the training images; ``batch_features(indices)`` gives [B, P, D].
+
+        Passing a function lets the benchmark compare cached features with recomputing the
+        backbone for every batch, on the same training code.
+        """
+        cfg = self.config
+        assert self.adaptor is not None and self.discriminator is not None
+        if cfg.variant == "hypersphere":
+            self._update_centres(reference if reference is not None else batch_features(
+                torch.arange(n_images)))
+        self.adaptor.train()
+        self.discriminator.train()
+        order = torch.randperm(n_images, generator=cpu_gen)
+        sums = {"loss_normal": 0.0, "loss_anomaly": 0.0}
+        batches = 0
+        for start in range(0, n_images, cfg.batch_size):
+            idx = order[start:start + cfg.batch_size]
+            batch = batch_features(idx).to(self.device, torch.float32)
+            normal = self.adaptor(batch.flatten(0, 1))
+            shell = self._shell(normal, batch.shape[0])
+            synthetic = synthesize(self.discriminator, normal, shell, cfg, dev_gen)
+            loss_normal, loss_anomaly = gas_losses(self.discriminator, normal, synthetic)
+            opt_adaptor.zero_grad(set_to_none=True)
+            opt_disc.zero_grad(set_to_none=True)
+            (loss_normal + loss_anomaly).backward()
+            opt_adaptor.step()
+            opt_disc.step()
+            sums["loss_normal"] += loss_normal.item()
+            sums["loss_anomaly"] += loss_anomaly.item()
+            batches += 1
+        row = {k: v / batches for k, v in sums.items()}
+        row["loss_total"] = row["loss_normal"] + row["loss_anomaly"]
+        return row
+
+    @torch.no_grad()
+    def held_out_loss(self, features: torch.Tensor, seed: int = 12345) -> float:
+        """GAS loss on held-out normal images with fixed synthesis noise (honest selection)."""
+        assert self.adaptor is not None and self.discriminator is not None
+        self.adaptor.eval()
+        self.discriminator.eval()
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        total, count = 0.0, 0
+        for start in range(0, features.shape[0], self.config.batch_size):
+            batch = features[start:start + self.config.batch_size].to(torch.float32)
+            normal = self.adaptor(batch.flatten(0, 1))
+            synthetic = synthesize(self.discriminator, normal, self._shell(normal, batch.shape[0]),
+                                   self.config, gen)
+            loss_normal, loss_anomaly = gas_losses(self.discriminator, normal, synthetic)
+            total += (loss_normal + loss_anomaly).item() * batch.shape[0]
+            count += batch.shape[0]
+        return total / count
+
+    # --- scoring -------------------------------------------------------------------------
+    @torch.no_grad()
+    def score_features(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image scores [B] and anomaly maps [B, S, S] (on the CPU) from features [B, P, D]."""
+        if self.adaptor is None or self.discriminator is None:
+            raise RuntimeError("the detector is not fitted: call fit() or GASDetector.load()")
+        self.adaptor.eval()
+        self.discriminator.eval()
+        b = features.shape[0]
+        patches = features.to(self.device, torch.float32).flatten(0, 1)
+        scores = self.discriminator(self.adaptor(patches)).view(b, *self.grid)
+        image_scores = scores.flatten(1).max(dim=1).values
+        size = self.config.image_size
+        maps = F.interpolate(scores[:, None], size=(size, size), mode="bilinear",
+                             align_corners=False)[:, 0]
+        maps = gaussian_blur(maps, self.config.map_sigma)
+        return image_scores.float().cpu(), maps.float().cpu()
+
+    def iter_scores(self, images: ImagesLike, batch_size: int | None = None, progress: bool = False
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Score batch by batch so memory stays bounded on a whole category."""
+        batch_size = batch_size or max(self.config.batch_size, 8)
+        n = len(images)
+        for start in tqdm(range(0, n, batch_size), desc="scoring", disable=not progress,
+                          leave=False):
+            batch = self.read_images(images[start:start + batch_size]).to(self.device)
+            with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                                 enabled=self.config.amp and self.device.type == "cuda"):
+                feats = self.extractor(batch)
+            yield self.score_features(feats)
+
+    def score(self, images: ImagesLike, batch_size: int | None = None, progress: bool = False
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image scores [N] and anomaly maps [N, S, S]; higher means more anomalous."""
+        parts = list(self.iter_scores(images, batch_size, progress))
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def predict(self, images: ImagesLike, threshold: float) -> torch.Tensor:
+        """1 for images whose score reaches ``threshold`` (e.g. the F1-max threshold)."""
+        return (self.score(images)[0] >= threshold).long()
+
+    # --- persistence ---------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """Tensors and plain values only, so ``torch.load(weights_only=True)`` reads it."""
+        return {"config": self.config.to_dict(), **self._head_state(),
+                "selected_epoch": self.selected_epoch, "history": self.history.to_dict("list"),
+                "timings": dict(self.timings), **self._centre_state()}
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        atomic_torch_save(self.state(), path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = None, pretrained: bool = True
+             ) -> "GASDetector":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no saved detector at {path}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        config = GASConfig.from_dict(state["config"])
+        if device is not None:
+            config = config.replace(device=device)
+        detector = cls(config, pretrained=pretrained)
+        dim = state["adaptor"]["linear.weight"].shape[0]
+        detector.adaptor, detector.discriminator = build_heads(dim, config)
+        detector._load_head_state(state)
+        detector.adaptor.to(detector.device).eval()
+        detector.discriminator.to(detector.device).eval()
+        detector._restore_centres(state)
+        detector.selected_epoch = state["selected_epoch"]
+        detector.history = pd.DataFrame(state["history"])
+        detector.timings = dict(state.get("timings", {}))
+        return detector
+
+    # --- internals -----------------------------------------------------------------------
+    def _split(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.config.selection != "validation":
+            return torch.arange(n), torch.arange(0)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed))
+        n_val = max(1, round(n * self.config.val_fraction))
+        if n - n_val < 1:
+            raise ValueError(f"{n} training images are too few for a validation split")
+        return order[n_val:].sort().values, order[:n_val].sort().values
+
+    def _selection_score(self, row: dict[str, float]) -> float | None:
+        if self.config.selection == "validation":
+            return -row["val_loss"]
+        if self.config.selection == "oracle":
+            return row.get("image_auroc", 0.0) + row.get("pixel_auroc", 0.0)
+        return None
+
+    def _shell(self, normal: torch.Tensor, n_images: int) -> Shell:
+        if self.config.variant == "hypersphere":
+            assert self.centres is not None and self.radius is not None
+            centres = self.centres.repeat(n_images, 1)
+            return hypersphere_shell(centres, self.radius)
+        return manifold_shell(normal.detach(), self.config)
+
+    @torch.no_grad()
+    def _update_centres(self, features: torch.Tensor) -> None:
+        assert self.adaptor is not None
+        adapted = torch.stack([self.adaptor(f.to(self.device, torch.float32))
+                               for f in features])
+        self.centres, self.radius = position_centres(adapted, self.config.hypersphere_quantile)
+
+    def _centre_state(self) -> dict[str, Any]:
+        return {"centres": self.centres, "radius": self.radius}
+
+    def _restore_centres(self, state: dict[str, Any]) -> None:
+        self.centres = state.get("centres")
+        if self.centres is not None:
+            self.centres = self.centres.to(self.device)
+        self.radius = state.get("radius")
+
+    def _head_state(self) -> dict[str, Any]:
+        assert self.adaptor is not None and self.discriminator is not None
+        return {"adaptor": copy.deepcopy(self.adaptor.state_dict()),
+                "discriminator": copy.deepcopy(self.discriminator.state_dict())}
+
+    def _load_head_state(self, state: dict[str, Any]) -> None:
+        assert self.adaptor is not None and self.discriminator is not None
+        self.adaptor.load_state_dict(state["adaptor"])
+        self.discriminator.load_state_dict(state["discriminator"])
