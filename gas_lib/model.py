@@ -11,9 +11,13 @@ from .config import GASConfig
 class Adaptor(nn.Module):
     """One ``Linear(D, D)``, no activation: moves ImageNet features towards the target domain."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, init: str = "random") -> None:
         super().__init__()
         self.linear = nn.Linear(dim, dim)
+        if init == "identity":
+            with torch.no_grad():
+                self.linear.weight.copy_(torch.eye(dim))
+                self.linear.bias.zero_()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.linear(features)
@@ -40,7 +44,7 @@ class Discriminator(nn.Module):
 
 
 def build_heads(dim: int, config: GASConfig) -> tuple[Adaptor, Discriminator]:
-    return Adaptor(dim), Discriminator(dim, config.disc_hidden)
+    return Adaptor(dim, config.adaptor_init), Discriminator(dim, config.disc_hidden)
 
 
 def build_optimizers(adaptor: Adaptor, discriminator: Discriminator, config: GASConfig

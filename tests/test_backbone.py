@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from skimage import data as skdata
+
+from gas_lib import backbone
+from gas_lib.backbone import (BackboneUnavailable, FeatureExtractor, efficientnet_lite0_classifier,
+                              embed_images)
+
+CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+
+
+def _photo(array: np.ndarray) -> torch.Tensor:
+    image = torch.from_numpy(array).permute(2, 0, 1)[None].float() / 255.0
+    return F.interpolate(image, size=(224, 224), mode="bilinear", antialias=True)
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return efficientnet_lite0_classifier()
+
+
+def test_packaged_weights_classify_real_photos(classifier):
+    with torch.no_grad():
+        coffee = classifier(_photo(skdata.coffee()) * 2 - 1).softmax(-1)
+        cat = classifier(_photo(skdata.chelsea()) * 2 - 1).softmax(-1)
+    assert coffee.argmax().item() == 967  # espresso
+    assert coffee.max().item() > 0.5
+    assert cat.argmax().item() in CAT_CLASSES
+
+
+def test_wide_resnet_shapes_without_weights():
+    extractor = FeatureExtractor("wide_resnet50_2", pretrained=False)
+    images = torch.rand(1, 3, 288, 288)
+    maps = extractor.feature_maps(images)
+    assert [tuple(m.shape) for m in maps] == [(1, 512, 36, 36), (1, 1024, 18, 18)]
+    assert tuple(extractor(images).shape) == (1, 36 * 36, 1536)
+    concat = FeatureExtractor("wide_resnet50_2", embedding="avgpool_concat", pretrained=False)
+    assert tuple(concat(images).shape) == (1, 1296, 1536) and concat.feature_dim == 1536
+    assert FeatureExtractor.grid_size(288) == (36, 36)
+    assert not any(p.requires_grad for p in extractor.parameters())
+
+
+def test_wide_resnet_offline_error_names_the_alternative(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def no_network(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    with pytest.raises(BackboneUnavailable, match="efficientnet_lite0"):
+        FeatureExtractor("wide_resnet50_2", pretrained=True)
+
+
+def test_efficientnet_features_are_stride_8_and_16():
+    extractor = FeatureExtractor("efficientnet_lite0", pretrain_embed_dim=96, target_embed_dim=80)
+    images = torch.rand(2, 3, 64, 64)
+    maps = extractor.feature_maps(images)
+    assert [tuple(m.shape) for m in maps] == [(2, 40, 8, 8), (2, 112, 4, 4)]
+    features = extractor(images)
+    assert tuple(features.shape) == (2, 64, 80) and features.dtype == torch.float32
+    # eval mode sticks: BatchNorm must keep its ImageNet statistics
+    extractor.train()
+    assert not extractor.training
+    assert torch.equal(extractor(images), features)
+
+
+def test_feature_cache_in_memory_and_on_disk(tmp_path):
+    extractor = FeatureExtractor("efficientnet_lite0", pretrain_embed_dim=32, target_embed_dim=32)
+    images = torch.rand(3, 3, 64, 64)
+    backbone.clear_feature_cache()
+    first = embed_images(extractor, images, torch.device("cpu"), cache_dir=str(tmp_path),
+                         progress=False)
+    assert len(list(tmp_path.glob("features_*.pt"))) == 1
+    backbone.clear_feature_cache()
+    again = embed_images(extractor, images, torch.device("cpu"), cache_dir=str(tmp_path),
+                         progress=False)
+    assert torch.equal(first, again)
+    other = embed_images(extractor, images.flip(-1), torch.device("cpu"), cache_dir=str(tmp_path),
+                         progress=False)
+    assert len(list(tmp_path.glob("features_*.pt"))) == 2
+    assert not torch.equal(first, other)

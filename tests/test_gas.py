@@ -1,0 +1,90 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gas_lib.backbone import FeatureExtractor
+from gas_lib.config import GASConfig
+from gas_lib.gas import (Shell, gas_losses, hypersphere_shell, manifold_shell, position_centres,
+                         project_to_shell, synthesize)
+from gas_lib.model import Adaptor, Discriminator
+
+
+@pytest.fixture(scope="module")
+def adapted():
+    """Adapted patch features of real backbone output on real-looking images."""
+    torch.manual_seed(0)
+    extractor = FeatureExtractor("efficientnet_lite0", pretrain_embed_dim=64, target_embed_dim=64)
+    images = torch.rand(2, 3, 64, 64) * 0.2 + torch.linspace(0, 0.8, 64)
+    features = extractor(images)  # [2, 64, 64]
+    adaptor = Adaptor(64)
+    with torch.no_grad():
+        return adaptor(features)
+
+
+def _loss_anomalous(disc, g):
+    return F.binary_cross_entropy_with_logits(disc.logits(g), torch.ones(g.shape[0])).item()
+
+
+@pytest.mark.parametrize("preset", ["seed", "glass"])
+def test_synthetic_patches_lie_in_the_manifold_shell(adapted, preset):
+    config = GASConfig.preset(preset)
+    anchors = adapted.flatten(0, 1)
+    disc = Discriminator(anchors.shape[1], 32)
+    gen = torch.Generator().manual_seed(0)
+    synthetic = synthesize(disc, anchors, manifold_shell(anchors, config), config, gen)
+    distance = (synthetic - anchors).norm(dim=1)
+    assert synthetic.shape == anchors.shape and synthetic.dtype == torch.float32
+    assert not synthetic.requires_grad
+    assert distance.min() >= config.r1 - 1e-4
+    assert distance.max() <= config.r2 + 1e-4
+
+
+def test_hypersphere_shell_is_around_the_position_centres(adapted):
+    config = GASConfig.preset("seed", variant="hypersphere")
+    centres, radius = position_centres(adapted)
+    distances = (adapted - centres).norm(dim=-1)
+    assert (distances <= radius).float().mean().item() == pytest.approx(0.75, abs=0.05)
+    anchors = adapted.flatten(0, 1)
+    shell = hypersphere_shell(centres.repeat(adapted.shape[0], 1), radius)
+    synthetic = synthesize(Discriminator(64, 32), anchors, shell, config)
+    d = (synthetic - shell.reference).norm(dim=1)
+    assert d.min() >= radius - 1e-3 and d.max() <= 2 * radius + 1e-3
+
+
+def test_gradient_ascent_raises_the_discriminator_loss(adapted):
+    torch.manual_seed(1)
+    anchors = adapted.flatten(0, 1)
+    disc = Discriminator(anchors.shape[1], 32).eval()
+    wide = Shell(anchors, 1e-6, 1e6)  # projection inactive: isolate the ascent
+    config = GASConfig.preset("seed", eta=0.5, n_step=5)
+    start = synthesize(disc, anchors, wide, config.replace(n_step=1, eta=1e-6),
+                       torch.Generator().manual_seed(0))
+    climbed = synthesize(disc, anchors, wide, config, torch.Generator().manual_seed(0))
+    assert _loss_anomalous(disc, climbed) > _loss_anomalous(disc, start) + 0.05
+    # with the projection on, ascent beats a random direction of the same length
+    config = GASConfig.preset("seed")
+    shell = manifold_shell(anchors, config)
+    ascended = synthesize(disc, anchors, shell, config, torch.Generator().manual_seed(0))
+    offset = torch.randn(anchors.shape, generator=torch.Generator().manual_seed(2))
+    offset = offset / offset.norm(dim=1, keepdim=True) * (ascended - anchors).norm(dim=1, keepdim=True)
+    assert _loss_anomalous(disc, ascended) > _loss_anomalous(disc, anchors + offset)
+
+
+def test_projection_clamps_each_patch_separately():
+    reference = torch.zeros(3, 4)
+    points = torch.tensor([[0.1, 0, 0, 0], [0, 3.0, 0, 0], [0, 0, 10.0, 0]])
+    projected = project_to_shell(points, Shell(reference, 1.0, 2.0))
+    assert projected.norm(dim=1).tolist() == pytest.approx([1.0, 2.0, 2.0])
+    # directions are kept
+    assert torch.allclose(F.normalize(projected, dim=1), F.normalize(points, dim=1))
+
+
+def test_gas_losses_are_the_two_bce_terms():
+    torch.manual_seed(0)
+    disc = Discriminator(8, 16).eval()
+    normal, synthetic = torch.randn(5, 8), torch.randn(7, 8) + 3
+    loss_n, loss_a = gas_losses(disc, normal, synthetic)
+    expected_n = -torch.log(1 - disc(normal)).mean()
+    expected_a = -torch.log(disc(synthetic)).mean()
+    assert loss_n.item() == pytest.approx(expected_n.item(), rel=1e-5)
+    assert loss_a.item() == pytest.approx(expected_a.item(), rel=1e-5)

@@ -1,0 +1,136 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gas_lib.backbone import clear_feature_cache
+from gas_lib.data import load_split
+from gas_lib.evaluate import evaluate
+from gas_lib.train import CHECKPOINT_NAME, GASDetector, TrainingDiverged
+
+from conftest import tiny_config
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _stop_after(epoch_to_stop: int):
+    def callback(detector, epoch):
+        if epoch == epoch_to_stop:
+            raise Interrupt
+        return {}
+    return callback
+
+
+@pytest.fixture(scope="module")
+def fitted(synthetic_root):
+    train = load_split(synthetic_root, "plate", "train")
+    detector = GASDetector(tiny_config(epochs=4)).fit(train, progress=False)
+    return detector
+
+
+def test_fit_records_both_losses_per_epoch(fitted):
+    history = fitted.history
+    assert list(history["epoch"]) == [1, 2, 3, 4]
+    for column in ("loss_normal", "loss_anomaly", "loss_total", "seconds"):
+        assert history[column].notna().all()
+    assert fitted.selected_epoch == 4
+    assert fitted.timings["train_seconds"] > 0
+
+
+def test_training_steps_change_the_heads_and_lower_the_loss(synthetic_root):
+    train = load_split(synthetic_root, "plate", "train")
+    detector = GASDetector(tiny_config(epochs=12, adaptor_lr=1e-3, disc_lr=1e-3)).fit(train, progress=False)
+    losses = detector.history["loss_total"].to_numpy()
+    assert losses[-3:].mean() < losses[:3].mean()
+
+
+def test_scores_and_maps(fitted, synthetic_root):
+    test = load_split(synthetic_root, "plate", "test")
+    scores, maps = fitted.score(test)
+    assert scores.shape == (len(test),) and maps.shape == (len(test), 64, 64)
+    assert torch.isfinite(maps).all() and 0 <= maps.min() and maps.max() <= 1
+    # the image score is the max patch score, which smoothing can only lower
+    assert torch.all(maps.flatten(1).max(1).values <= scores + 1e-6)
+    assert fitted.predict(test, threshold=float(scores.median())).sum() >= len(test) // 2
+
+
+def test_save_and_load_give_identical_scores(fitted, synthetic_root, tmp_path):
+    test = load_split(synthetic_root, "plate", "test")[:4]
+    path = fitted.save(tmp_path / "model.pth")
+    loaded = GASDetector.load(path)
+    assert loaded.config == fitted.config and loaded.selected_epoch == fitted.selected_epoch
+    for a, b in zip(fitted.score(test), loaded.score(test)):
+        assert torch.allclose(a, b)
+    assert list(loaded.history["epoch"]) == [1, 2, 3, 4]
+    state = torch.load(path, weights_only=True)  # plain tensors and config only
+    assert set(state) >= {"config", "adaptor", "discriminator"}
+
+
+def test_interrupted_fit_resumes_to_the_same_result(synthetic_root, tmp_path):
+    train = load_split(synthetic_root, "plate", "train")
+    test = load_split(synthetic_root, "plate", "test")
+    config = tiny_config(epochs=4)
+    straight = GASDetector(config).fit(train, progress=False)
+
+    clear_feature_cache()
+    with pytest.raises(Interrupt):
+        GASDetector(config).fit(train, checkpoint_dir=tmp_path, epoch_callback=_stop_after(3),
+                                progress=False)
+    state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
+    assert state["epoch"] == 2
+    resumed = GASDetector(config).fit(train, checkpoint_dir=tmp_path, progress=False)
+    assert list(resumed.history["epoch"]) == [1, 2, 3, 4]
+    for key, value in straight.adaptor.state_dict().items():
+        assert torch.equal(value, resumed.adaptor.state_dict()[key]), key
+    m_straight, _, _ = evaluate(straight, test)
+    m_resumed, _, _ = evaluate(resumed, test)
+    for key in ("image_auroc", "pixel_auroc", "aupro"):
+        assert m_straight[key] == m_resumed[key]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_root, tmp_path):
+    train = load_split(synthetic_root, "plate", "train")
+    detector = GASDetector(tiny_config(epochs=2))
+    features = detector.embed(train, progress=False)
+    detector.fit_features(features, checkpoint_dir=tmp_path, progress=False)
+    broken = features.clone()
+    broken[0, 0, 0] = float("nan")
+    with pytest.raises(TrainingDiverged, match="not finite"):
+        GASDetector(tiny_config(epochs=3)).fit_features(broken, checkpoint_dir=tmp_path,
+                                                        progress=False)
+    state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
+    assert state["epoch"] == 2
+    assert all(torch.isfinite(v).all() for v in state["adaptor"].values())
+
+
+def test_validation_selection_holds_out_train_images(synthetic_root):
+    train = load_split(synthetic_root, "plate", "train")
+    detector = GASDetector(tiny_config(epochs=3, selection="validation")).fit(train, progress=False)
+    assert detector.history["val_loss"].notna().all()
+    best = int(detector.history["val_loss"].idxmin()) + 1
+    assert detector.selected_epoch == best
+
+
+def test_oracle_needs_the_test_split_and_picks_its_best_epoch(synthetic_root):
+    from gas_lib.evaluate import make_test_tracker
+
+    train = load_split(synthetic_root, "plate", "train")
+    test = load_split(synthetic_root, "plate", "test")
+    config = tiny_config(epochs=3, selection="oracle")
+    with pytest.raises(ValueError, match="oracle"):
+        GASDetector(config).fit(train, progress=False)
+    detector = GASDetector(config).fit(train, epoch_callback=make_test_tracker(test),
+                                       progress=False)
+    total = detector.history["image_auroc"] + detector.history["pixel_auroc"]
+    assert detector.selected_epoch == int(detector.history.loc[total.idxmax(), "epoch"])
+
+
+def test_hypersphere_variant_trains(synthetic_root):
+    train = load_split(synthetic_root, "plate", "train")
+    detector = GASDetector(tiny_config(epochs=2, variant="hypersphere")).fit(train, progress=False)
+    assert detector.radius is not None and math.isfinite(detector.radius)
+    assert detector.centres.shape == (64, 64)
+    assert np.isfinite(detector.history["loss_total"]).all()
