@@ -21,6 +21,7 @@ VARIANTS = ("manifold", "hypersphere")
 SELECTIONS = ("last", "validation", "oracle")
 OPTIMIZERS = ("adam", "adamw")
 ADAPTOR_INITS = ("random", "identity")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -48,6 +49,9 @@ class GASConfig:
     disc_optimizer: str = "adam"
     disc_lr: float = 2e-4
     disc_weight_decay: float = 0.0
+    # "cosine" anneals both learning rates to zero, so the last epoch (honest selection) is a
+    # settled one rather than wherever the adversarial game happened to be
+    lr_schedule: str = "constant"
     # GAS
     noise_std: float = 0.015
     eta: float = 0.1
@@ -66,7 +70,7 @@ class GASConfig:
     # run
     seed: int = 0
     device: str = "auto"
-    amp: bool = True
+    amp: bool = True  # bf16 backbone on CUDA; bf16 discriminator in training on CUDA or bf16 CPUs
     feature_cache_dir: str | None = None
     profile: str = "custom"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -84,6 +88,7 @@ class GASConfig:
             "adaptor_optimizer": OPTIMIZERS,
             "disc_optimizer": OPTIMIZERS,
             "adaptor_init": ADAPTOR_INITS,
+            "lr_schedule": LR_SCHEDULES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

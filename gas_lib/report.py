@@ -109,9 +109,10 @@ def save_figures(detector: GASDetector, predictions: Predictions, category: str,
         fig = draw(out_dir / name)
         saved.append(out_dir / name)
         del fig
-    defect = np.flatnonzero(predictions.labels == 1)
-    good = np.flatnonzero(predictions.labels == 0)
-    pick = np.r_[defect[:6], good[:2]]
+    types = predictions.defect_types
+    per_type = [np.flatnonzero(types == t)[:2] for t in dict.fromkeys(types[predictions.labels == 1])]
+    pick = np.r_[np.concatenate(per_type or [np.array([], int)])[:6],
+                 np.flatnonzero(predictions.labels == 0)[:2]].astype(int)
     if pick.size:
         images = detector.read_images([predictions.samples[i] for i in pick])
         plots.plot_anomaly_grid(images, predictions.masks[pick], predictions.maps[pick].astype(np.float32),

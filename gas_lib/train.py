@@ -153,6 +153,7 @@ class GASDetector:
         self.adaptor.to(self.device)
         self.discriminator.to(self.device)
         opt_adaptor, opt_disc = build_optimizers(self.adaptor, self.discriminator, cfg)
+        schedulers = [self._scheduler(opt) for opt in (opt_adaptor, opt_disc)]
         cpu_gen = torch.Generator().manual_seed(cfg.seed)
         dev_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
         rows: list[dict[str, float]] = []
@@ -167,6 +168,8 @@ class GASDetector:
                 self.discriminator.load_state_dict(state["discriminator"])
                 opt_adaptor.load_state_dict(state["opt_adaptor"])
                 opt_disc.load_state_dict(state["opt_disc"])
+                for scheduler, saved in zip(schedulers, state["schedulers"]):
+                    scheduler.load_state_dict(saved)
                 cpu_gen.set_state(state["cpu_gen"])
                 dev_gen.set_state(state["dev_gen"].to(dev_gen.get_state().device))
                 rows = [dict(r) for r in state["history"]]
@@ -188,6 +191,8 @@ class GASDetector:
                     f"epoch {epoch}: loss is not finite ({row}); the last good checkpoint "
                     f"{'is ' + str(ckpt_path) if ckpt_path else 'was not saved (no checkpoint_dir)'}"
                     "; lower the learning rates or eta")
+            for scheduler in schedulers:
+                scheduler.step()
             row["epoch"] = epoch
             row["seconds"] = time.perf_counter() - epoch_started
             if val_idx.numel():
@@ -205,6 +210,7 @@ class GASDetector:
                     "adaptor": self.adaptor.state_dict(),
                     "discriminator": self.discriminator.state_dict(),
                     "opt_adaptor": opt_adaptor.state_dict(), "opt_disc": opt_disc.state_dict(),
+                    "schedulers": [scheduler.state_dict() for scheduler in schedulers],
                     "cpu_gen": cpu_gen.get_state(), "dev_gen": dev_gen.get_state().cpu(),
                     "history": rows, "best_score": best["score"], "best_epoch": best["epoch"],
                     "best_state": best["state"], **self._centre_state(),
@@ -245,8 +251,9 @@ class GASDetector:
             batch = batch_features(idx).to(self.device, torch.float32)
             normal = self.adaptor(batch.flatten(0, 1))
             shell = self._shell(normal, batch.shape[0])
-            synthetic = synthesize(self.discriminator, normal, shell, cfg, dev_gen)
-            loss_normal, loss_anomaly = gas_losses(self.discriminator, normal, synthetic)
+            with self._head_autocast():
+                synthetic = synthesize(self.discriminator, normal, shell, cfg, dev_gen)
+                loss_normal, loss_anomaly = gas_losses(self.discriminator, normal, synthetic)
             opt_adaptor.zero_grad(set_to_none=True)
             opt_disc.zero_grad(set_to_none=True)
             (loss_normal + loss_anomaly).backward()
@@ -262,17 +269,16 @@ class GASDetector:
     @torch.no_grad()
     def held_out_loss(self, features: torch.Tensor, seed: int = 12345) -> float:
         """GAS loss on held-out normal images with fixed synthesis noise (honest selection)."""
-        assert self.adaptor is not None and self.discriminator is not None
-        self.adaptor.eval()
-        self.discriminator.eval()
+        adaptor, discriminator = self._scoring_heads()
         gen = torch.Generator(device=self.device).manual_seed(seed)
         total, count = 0.0, 0
         for start in range(0, features.shape[0], self.config.batch_size):
             batch = features[start:start + self.config.batch_size].to(torch.float32)
-            normal = self.adaptor(batch.flatten(0, 1))
-            synthetic = synthesize(self.discriminator, normal, self._shell(normal, batch.shape[0]),
-                                   self.config, gen)
-            loss_normal, loss_anomaly = gas_losses(self.discriminator, normal, synthetic)
+            normal = adaptor(batch.flatten(0, 1))
+            with self._head_autocast():
+                synthetic = synthesize(discriminator, normal,
+                                       self._shell(normal, batch.shape[0]), self.config, gen)
+                loss_normal, loss_anomaly = gas_losses(discriminator, normal, synthetic)
             total += (loss_normal + loss_anomaly).item() * batch.shape[0]
             count += batch.shape[0]
         return total / count
@@ -281,13 +287,10 @@ class GASDetector:
     @torch.no_grad()
     def score_features(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Image scores [B] and anomaly maps [B, S, S] (on the CPU) from features [B, P, D]."""
-        if self.adaptor is None or self.discriminator is None:
-            raise RuntimeError("the detector is not fitted: call fit() or GASDetector.load()")
-        self.adaptor.eval()
-        self.discriminator.eval()
+        adaptor, discriminator = self._scoring_heads()
         b = features.shape[0]
         patches = features.to(self.device, torch.float32).flatten(0, 1)
-        scores = self.discriminator(self.adaptor(patches)).view(b, *self.grid)
+        scores = discriminator(adaptor(patches)).view(b, *self.grid)
         image_scores = scores.flatten(1).max(dim=1).values
         size = self.config.image_size
         maps = F.interpolate(scores[:, None], size=(size, size), mode="bilinear",
@@ -353,6 +356,24 @@ class GASDetector:
         return detector
 
     # --- internals -----------------------------------------------------------------------
+    def _scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        if self.config.lr_schedule == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.config.epochs)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _epoch: 1.0)
+
+    def _head_autocast(self) -> torch.autocast:
+        """bf16 for the discriminator's matrix products while training, where it is native.
+
+        Only the discriminator runs in bf16: features, GAS offsets and projections stay float32
+        (a bf16 feature of norm ~80 would be quantised to ~0.5), and scoring stays float32.
+        On CPUs without native bf16 it would be slower, so it is off there.
+        """
+        native = self.device.type == "cuda" or (
+            self.device.type == "cpu" and bool(getattr(torch.cpu, "_is_avx512_bf16_supported",
+                                                       lambda: False)()))
+        return torch.autocast(self.device.type, dtype=torch.bfloat16,
+                              enabled=self.config.amp and native)
+
     def _split(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.config.selection != "validation":
             return torch.arange(n), torch.arange(0)
@@ -392,10 +413,18 @@ class GASDetector:
             self.centres = self.centres.to(self.device)
         self.radius = state.get("radius")
 
+    def _scoring_heads(self) -> tuple[Adaptor, Discriminator]:
+        """The fitted heads, in eval mode (BatchNorm uses its running statistics)."""
+        if self.adaptor is None or self.discriminator is None:
+            raise RuntimeError("the detector is not fitted: call fit() or GASDetector.load()")
+        self.adaptor.eval()
+        self.discriminator.eval()
+        return self.adaptor, self.discriminator
+
     def _head_state(self) -> dict[str, Any]:
-        assert self.adaptor is not None and self.discriminator is not None
-        return {"adaptor": copy.deepcopy(self.adaptor.state_dict()),
-                "discriminator": copy.deepcopy(self.discriminator.state_dict())}
+        adaptor, discriminator = self._scoring_heads()
+        return {"adaptor": copy.deepcopy(adaptor.state_dict()),
+                "discriminator": copy.deepcopy(discriminator.state_dict())}
 
     def _load_head_state(self, state: dict[str, Any]) -> None:
         assert self.adaptor is not None and self.discriminator is not None

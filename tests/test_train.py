@@ -69,10 +69,11 @@ def test_save_and_load_give_identical_scores(fitted, synthetic_root, tmp_path):
     assert set(state) >= {"config", "adaptor", "discriminator"}
 
 
-def test_interrupted_fit_resumes_to_the_same_result(synthetic_root, tmp_path):
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_interrupted_fit_resumes_to_the_same_result(synthetic_root, tmp_path, schedule):
     train = load_split(synthetic_root, "plate", "train")
     test = load_split(synthetic_root, "plate", "test")
-    config = tiny_config(epochs=4)
+    config = tiny_config(epochs=4, lr_schedule=schedule)
     straight = GASDetector(config).fit(train, progress=False)
 
     clear_feature_cache()
