@@ -123,6 +123,8 @@ def build_summary(reports_dir: str | Path, categories: list[str] | None = None, 
     categories = list(categories) if categories else discover_categories(reports_dir)
     frame = pd.DataFrame([category_row(reports_dir, c, profile) for c in categories],
                          columns=COLUMNS)
+    for column in ("image_size", "epochs"):  # whole numbers, blank for a failed row
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
     if write:
         reports_dir.mkdir(parents=True, exist_ok=True)
         csv = frame.copy()
