@@ -11,6 +11,8 @@ Typical use::
 from .config import PRESETS, GASConfig, resolve_device
 from .data import DataError, Sample, list_categories, load_split
 from .evaluate import compute_metrics, evaluate, make_test_tracker
+from .las import LASPool, build_las_pool, focal_loss
+from .spectral import SpectralResult, plot_spectrum, spectral_decision
 from .train import GASDetector, TrainingDiverged
 
 __version__ = "0.1.0"
@@ -18,5 +20,6 @@ __version__ = "0.1.0"
 __all__ = [
     "PRESETS", "GASConfig", "resolve_device", "DataError", "Sample", "list_categories",
     "load_split", "compute_metrics", "evaluate", "make_test_tracker", "GASDetector",
-    "TrainingDiverged", "__version__",
+    "TrainingDiverged", "LASPool", "build_las_pool", "focal_loss", "SpectralResult",
+    "plot_spectrum", "spectral_decision", "__version__",
 ]

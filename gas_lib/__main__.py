@@ -8,13 +8,14 @@ import sys
 from pathlib import Path
 
 from .backbone import BackboneUnavailable
-from .config import PRESETS, GASConfig
+from .config import PRESETS, SYNTHESES, TEXTURE_SOURCES, VARIANT_CHOICES, GASConfig
 from .data import DataError
 
 
 def _config(args: argparse.Namespace) -> GASConfig:
     overrides = {}
-    for name in ("epochs", "seed", "selection", "device", "image_size", "batch_size"):
+    for name in ("epochs", "seed", "selection", "device", "image_size", "batch_size",
+                 "synthesis", "variant", "texture_source", "texture_root"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -30,6 +31,16 @@ def _config(args: argparse.Namespace) -> GASConfig:
     if getattr(args, "config", None):
         return GASConfig.from_json(args.config).replace(**overrides)
     return GASConfig.preset(args.profile, **overrides)
+
+
+def _add_las_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--synthesis", choices=list(SYNTHESES),
+                        help="GAS only, LAS only, or both (GLASS); default: the profile's")
+    parser.add_argument("--variant", choices=list(VARIANT_CHOICES),
+                        help="GAS shell; 'auto' chooses per class from the spectrum")
+    parser.add_argument("--texture-source", choices=list(TEXTURE_SOURCES),
+                        help="LAS textures (default procedural: offline)")
+    parser.add_argument("--texture-root", help="folder of texture images / DTD cache folder")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--selection", choices=["last", "validation", "oracle"])
     train.add_argument("--device")
     train.add_argument("--feature-cache-dir")
+    _add_las_options(train)
     train.add_argument("--track-every", type=int, default=0,
                        help="score the test split every N epochs for the curves (monitoring)")
     train.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
@@ -63,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-size", type=int)
     bench.add_argument("--image-size", type=int)
     bench.add_argument("--out", default="bench.json", help="JSON output ('' for none)")
+    _add_las_options(bench)
     bench.add_argument("--set", nargs="*", metavar="KEY=VALUE")
     return parser
 

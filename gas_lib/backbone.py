@@ -221,6 +221,25 @@ def feature_cache_key(extractor: FeatureExtractor, images: torch.Tensor) -> str:
     return digest.hexdigest()[:24]
 
 
+def compute_features(extractor: FeatureExtractor, images: torch.Tensor, device: torch.device,
+                     batch_size: int = 16, amp: bool = True, progress: bool = True
+                     ) -> torch.Tensor:
+    """Patch features [N, P, D] of ``images`` in batches, no caching (e.g. LAS images, made
+    once per fit). Stored as float16 on CUDA, float32 on the CPU."""
+    from tqdm.auto import tqdm
+
+    storage = torch.float16 if device.type == "cuda" else torch.float32
+    extractor.to(device)
+    chunks = []
+    starts = range(0, images.shape[0], batch_size)
+    for start in tqdm(starts, desc="backbone features", disable=not progress, leave=False):
+        batch = images[start:start + batch_size].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16,
+                            enabled=amp and device.type == "cuda"):
+            chunks.append(extractor(batch).to(storage))
+    return torch.cat(chunks)
+
+
 def embed_images(extractor: FeatureExtractor, images: torch.Tensor, device: torch.device,
                  batch_size: int = 16, amp: bool = True, cache_dir: str | None = None,
                  progress: bool = True) -> torch.Tensor:
@@ -231,8 +250,6 @@ def embed_images(extractor: FeatureExtractor, images: torch.Tensor, device: torc
     """
     from pathlib import Path
 
-    from tqdm.auto import tqdm
-
     key = feature_cache_key(extractor, images)
     storage = torch.float16 if device.type == "cuda" else torch.float32
     if key in _MEMORY_CACHE:
@@ -242,15 +259,7 @@ def embed_images(extractor: FeatureExtractor, images: torch.Tensor, device: torc
     if cache_file is not None and cache_file.exists():
         features = torch.load(cache_file, map_location=device, weights_only=True).to(storage)
     else:
-        extractor.to(device)
-        chunks = []
-        starts = range(0, images.shape[0], batch_size)
-        for start in tqdm(starts, desc="backbone features", disable=not progress, leave=False):
-            batch = images[start:start + batch_size].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16,
-                                enabled=amp and device.type == "cuda"):
-                chunks.append(extractor(batch).to(storage))
-        features = torch.cat(chunks)
+        features = compute_features(extractor, images, device, batch_size, amp, progress)
         if cache_file is not None:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache_file.with_suffix(".tmp")

@@ -22,6 +22,10 @@ SELECTIONS = ("last", "validation", "oracle")
 OPTIMIZERS = ("adam", "adamw")
 ADAPTOR_INITS = ("random", "identity")
 LR_SCHEDULES = ("constant", "cosine")
+# "auto" picks manifold or hypersphere per class from the training images' spectrum (spectral.py)
+VARIANT_CHOICES = VARIANTS + ("auto",)
+SYNTHESES = ("gas", "las", "gas+las")
+TEXTURE_SOURCES = ("procedural", "train_images", "dtd", "folder")
 
 
 @dataclass
@@ -61,6 +65,14 @@ class GASConfig:
     r2: float = 2.0
     variant: str = "manifold"
     hypersphere_quantile: float = 0.75
+    # LAS (image-space anomalies, las.py): "gas" alone, "las" alone, or both ("gas+las", GLASS)
+    synthesis: str = "gas"
+    las_variants: int = 4  # LAS images made (and embedded) once per training image
+    las_regenerate_every: int = 0  # 0: one pool for the whole fit; k: a fresh pool every k epochs
+    texture_source: str = "procedural"  # offline default; "train_images", "dtd", "folder"
+    texture_root: str | None = None  # folder of textures ("folder"), DTD cache dir ("dtd")
+    focal_gamma: float = 2.0
+    las_hard_fraction: float = 0.5  # focal loss over the hardest fraction of LAS patches
     # model selection: "last" epoch, held-out "validation" split of train/good, or "oracle"
     # (best image + pixel AUROC on the test split, as the paper did; labelled wherever shown)
     selection: str = "last"
@@ -83,7 +95,9 @@ class GASConfig:
         choices = {
             "backbone": BACKBONES,
             "embedding": EMBEDDINGS,
-            "variant": VARIANTS,
+            "variant": VARIANT_CHOICES,
+            "synthesis": SYNTHESES,
+            "texture_source": TEXTURE_SOURCES,
             "selection": SELECTIONS,
             "adaptor_optimizer": OPTIMIZERS,
             "disc_optimizer": OPTIMIZERS,
@@ -105,6 +119,19 @@ class GASConfig:
             raise ValueError(f"config.r1={self.r1}, r2={self.r2}: expected 0 < r1 <= r2")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"config.val_fraction={self.val_fraction}: expected 0 < value < 1")
+        if int(self.las_variants) < 1:
+            raise ValueError(f"config.las_variants={self.las_variants!r}: expected a positive integer")
+        if int(self.las_regenerate_every) < 0:
+            raise ValueError(f"config.las_regenerate_every={self.las_regenerate_every!r}: expected "
+                             "0 (never) or a positive number of epochs")
+        if not self.focal_gamma >= 0:
+            raise ValueError(f"config.focal_gamma={self.focal_gamma}: expected a value >= 0")
+        if not 0 < self.las_hard_fraction <= 1:
+            raise ValueError(f"config.las_hard_fraction={self.las_hard_fraction}: expected "
+                             "0 < value <= 1")
+        if self.texture_source == "folder" and not self.texture_root:
+            raise ValueError("config.texture_source='folder' needs texture_root=<a folder of "
+                             "images>")
 
     # --- JSON round trip -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -160,7 +187,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         epochs=640, batch_size=8, adaptor_optimizer="adam", adaptor_lr=1e-4,
         adaptor_weight_decay=1e-5, disc_optimizer="adamw", disc_lr=2e-4,
         disc_weight_decay=1e-2, noise_std=0.015, eta=0.001, n_step=20, n_proj=5,
-        r1=0.5, r2=1.0,
+        r1=0.5, r2=1.0, synthesis="gas+las", las_variants=4,
     ),
     # Two CPU cores, minutes per category: a small ImageNet backbone and a smaller head.
     # EfficientNet-Lite0 patch vectors are larger (mean norm ~80 at 256 px, ~67 between two
@@ -172,7 +199,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         pretrain_embed_dim=384, target_embed_dim=384, disc_hidden=512,
         epochs=40, batch_size=4, adaptor_optimizer="adam", adaptor_lr=2e-4,
         disc_optimizer="adam", disc_lr=2e-4, noise_std=0.015, eta=2.0, n_step=5, n_proj=1,
-        r1=8.0, r2=16.0,
+        r1=8.0, r2=16.0, las_variants=2,
     ),
 }
 

@@ -281,11 +281,12 @@ def load_mask(path: str | Path | None, image_size: int, center_crop: bool = Fals
     return torch.from_numpy(np.asarray(fitted) > 127)
 
 
-def load_images(paths: Sequence[str | Path], image_size: int, center_crop: bool = False
-                ) -> torch.Tensor:
+def load_images(paths: Sequence[str | Path], image_size: int, center_crop: bool = False,
+                progress: bool = True) -> torch.Tensor:
     """[N, 3, S, S] float32, filled in place so large sets need no second copy."""
     out = torch.empty(len(paths), 3, image_size, image_size, dtype=torch.float32)
-    items = tqdm(paths, desc="loading images", leave=False) if len(paths) > PROGRESS_MIN else paths
+    show = progress and len(paths) > PROGRESS_MIN
+    items = tqdm(paths, desc="loading images", leave=False) if show else paths
     for i, path in enumerate(items):
         out[i] = load_image(path, image_size, center_crop)
     return out

@@ -68,7 +68,8 @@ def gas_projection(detector: GASDetector, train_samples: Sequence[Sample],
     normal = _adapt(detector, train)  # [N, P, D]
     n, p, _ = normal.shape
     flat = normal.flatten(0, 1)
-    if cfg.variant == "hypersphere" and detector.centres is not None:
+    variant = detector.variant_choice or cfg.variant  # variant="auto": what the fit chose
+    if variant == "hypersphere" and detector.centres is not None:
         reference = detector.centres.to(flat.device).repeat(n, 1)
         shell = hypersphere_shell(reference, float(detector.radius))
     else:
@@ -109,7 +110,7 @@ def gas_projection(detector: GASDetector, train_samples: Sequence[Sample],
                                     "offset": values.get("offset", np.full(len(coords), np.nan))}))
     frame = pd.concat(frames, ignore_index=True)
     frame.attrs.update(explained_variance=[float(v) for v in pca.explained_variance_ratio_],
-                       shell=(float(shell.r1), float(shell.r2)), variant=cfg.variant,
+                       shell=(float(shell.r1), float(shell.r2)), variant=variant,
                        n_images=len(train), patches_per_image=p)
     return frame
 

@@ -46,7 +46,7 @@ FAILED_MARKER = "FAILED"
 LOG_NAME = "run.log"
 COLUMNS = ["category", "status", "failed_step", "error", *METRICS,
            "paper_glass_image_auroc", "paper_glass_pixel_auroc", "profile", "backbone",
-           "image_size", "epochs", "selection", "train_seconds", "feature_seconds",
+           "synthesis", "variant", "image_size", "epochs", "selection", "train_seconds", "feature_seconds",
            "eval_seconds", "images_per_second", "device", "git_commit", "reports", "log"]
 
 
@@ -97,6 +97,8 @@ def category_row(reports_dir: str | Path, category: str, profile: str | None = N
         env = metrics.get("environment") or {}
         row.update({k: metrics.get(k) for k in METRICS})
         row.update(profile=metrics.get("profile", profile), backbone=metrics.get("backbone"),
+                   synthesis=metrics.get("synthesis") or config.get("synthesis", "gas"),
+                   variant=metrics.get("variant") or config.get("variant"),
                    image_size=config.get("image_size"), epochs=config.get("epochs"),
                    selection=metrics.get("selection_label") or metrics.get("selection"),
                    train_seconds=metrics.get("train_seconds"),
@@ -147,12 +149,12 @@ body { font-family: system-ui, -apple-system, Segoe UI, Roboto, sans-serif; marg
        max-width: 1200px; padding: 0 1rem; color: #222; line-height: 1.45; }
 h1 { margin-bottom: 0.2rem; } h2 { margin-top: 2rem; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; margin: 0.6rem 0; font-size: 0.92rem; }
-th, td { border: 1px solid #ccc; padding: 0.3rem 0.55rem; text-align: right; vertical-align: top; }
+th, td { border: 1px solid #ccc; padding: 0.25rem 0.45rem; text-align: right; vertical-align: top; }
 th { background: #f3f3f3; } td.l, th.l { text-align: left; }
 tr.failed td { background: #fdecea; } tr.ok td.status { color: #1a7f37; font-weight: 600; }
 tr.failed td.status { color: #b42318; font-weight: 600; }
 .muted { color: #666; font-size: 0.88rem; } code { background: #f5f5f5; padding: 0 0.2rem; }
-img { max-width: 100%; }
+img { max-width: 100%; } .wide { overflow-x: auto; }
 """
 
 
@@ -169,12 +171,16 @@ def _seconds(value: Any) -> str:
     return f"{value:.0f} s" if value < 120 else f"{value / 60:.1f} min"
 
 
+REPORT_LABELS = {"00_data_exploration": "data", "01_training": "training",
+                 "02_gas_ablation": "ablation", "03_evaluation": "evaluation"}
+
+
 def _links(row: dict[str, Any]) -> str:
     parts = []
     for link in row.get("reports") or []:
         name = Path(link).stem
         partial = row.get("status") == "failed" and name == row.get("failed_step")
-        label = html.escape(name + (" (partial)" if partial else ""))
+        label = html.escape(REPORT_LABELS.get(name, name) + (" (partial)" if partial else ""))
         parts.append(f'<a href="{html.escape(link)}">{label}</a>')
     if row.get("log"):
         parts.append(f'<a href="{html.escape(row["log"])}">log</a>')
@@ -193,7 +199,8 @@ def _status_cell(row: dict[str, Any]) -> str:
 def _table(frame: pd.DataFrame) -> str:
     head = ("<tr><th class='l'>category</th><th class='l'>status</th>"
             "<th>I-AUROC</th><th>paper</th><th>P-AUROC</th><th>paper</th><th>AUPRO</th>"
-            "<th>image AP</th><th>pixel AP</th><th>F1-max</th><th class='l'>profile / backbone</th>"
+            "<th>image AP</th><th>pixel AP</th><th>F1-max</th><th class='l'>profile / backbone / "
+            "synthesis</th>"
             "<th>image size</th><th>epochs</th><th>train</th><th>inference</th>"
             "<th class='l'>reports</th></tr>")
     body = []
@@ -203,6 +210,10 @@ def _table(frame: pd.DataFrame) -> str:
         if row.get("images_per_second"):
             infer += f"<div class='muted'>{float(row['images_per_second']):.1f} img/s</div>"
         profile = html.escape(f"{row['profile'] or '?'} / {row['backbone'] or '?'}")
+        if row.get("synthesis"):
+            profile += html.escape(f" / {row['synthesis']}") + (
+                f"<div class='muted'>{html.escape(str(row['variant']))}</div>"
+                if row.get("variant") else "")
         body.append(
             f"<tr class='{cls}'><td class='l'>{html.escape(row['category'])}</td>"
             f"<td class='l status'>{_status_cell(row)}</td>"
@@ -225,7 +236,7 @@ def _table(frame: pd.DataFrame) -> str:
             f"<td><b>{_pct(means['aupro'])}</b></td><td>{_pct(means['image_ap'])}</td>"
             f"<td>{_pct(means['pixel_ap'])}</td><td>{_pct(means['f1_max'])}</td>"
             "<td colspan='6'></td></tr>")
-    return f"<table>{head}{''.join(body)}</table>"
+    return f"<div class='wide'><table>{head}{''.join(body)}</table></div>"
 
 
 def _figure(frame: pd.DataFrame) -> str:
@@ -258,7 +269,8 @@ def _figure(frame: pd.DataFrame) -> str:
         sns.barplot(data=part, x="category", y="value", hue="source", ax=ax,
                     palette={"ours": "tab:blue", "GLASS-m paper": "0.7"})
         low = max(0.0, float(part["value"].min()) - 0.05)
-        ax.set(ylim=(low, 1.0), title=metric, xlabel="", ylabel="")
+        ax.set(ylim=(low, 1.006), xlabel="", ylabel="")
+        ax.set_title(metric, pad=10)
         for container in ax.containers:
             ax.bar_label(container, fmt="%.3f", fontsize="x-small", padding=1)
         ax.legend(fontsize="small", loc="lower right")

@@ -24,11 +24,16 @@ from .backbone import FeatureExtractor, embed_images
 from .config import GASConfig, resolve_device
 from .data import Sample, load_images
 from .gas import (Shell, gas_losses, hypersphere_shell, manifold_shell, position_centres,
-                  synthesize)
+                  project_to_shell, synthesize)
+from .las import LASPool, build_las_pool, focal_loss, pool_sampler
 from .model import Adaptor, Discriminator, build_heads, build_optimizers
+from .spectral import SpectralResult, spectral_decision
 
 ImagesLike = torch.Tensor | Sequence[Sample] | Sequence[str | Path]
 EpochCallback = Callable[["GASDetector", int], dict[str, float]]
+LASBatch = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+LAS_SHELL = (2.0, 4.0)  # hypersphere: LAS anomalous patches go to [2 r_t, 4 r_t] around c
+LAS_SEED_OFFSET = 2  # the LAS sampling generator is seed + 2: GAS's generators stay untouched
 CHECKPOINT_NAME = "checkpoint_last.pt"
 
 
@@ -90,6 +95,29 @@ class GASDetector:
         self.history: pd.DataFrame = pd.DataFrame()
         self.selected_epoch: int | None = None
         self.timings: dict[str, float] = {}
+        self.las_pool: LASPool | None = None  # the LAS pool the last fit trained on
+        self.spectral: SpectralResult | None = None  # the spectral test (variant="auto")
+        self.variant_choice: str | None = None  # what variant="auto" chose
+
+    @property
+    def variant(self) -> str:
+        """The GAS variant in use: the config's, or what ``variant="auto"`` chose."""
+        if self.config.variant != "auto":
+            return self.config.variant
+        if self.variant_choice is None:
+            raise ValueError("variant='auto' is chosen from the training images: call fit(images) "
+                             "or choose_variant(images) first")
+        return self.variant_choice
+
+    @property
+    def uses_las(self) -> bool:
+        return self.config.synthesis in ("las", "gas+las")
+
+    def choose_variant(self, images: ImagesLike) -> SpectralResult:
+        """Run the spectral test on the training images and remember its decision."""
+        self.spectral = spectral_decision(self.read_images(images))
+        self.variant_choice = self.spectral.decision
+        return self.spectral
 
     # --- features ------------------------------------------------------------------------
     @property
@@ -103,16 +131,16 @@ class GASDetector:
     def grid(self) -> tuple[int, int]:
         return FeatureExtractor.grid_size(self.config.image_size)
 
-    def read_images(self, images: ImagesLike) -> torch.Tensor:
+    def read_images(self, images: ImagesLike, progress: bool = True) -> torch.Tensor:
         """Images [N, 3, S, S] in [0, 1] from a tensor, ``Sample`` objects or file paths."""
         if isinstance(images, torch.Tensor):
             return images
         paths = [s.image_path if isinstance(s, Sample) else Path(s) for s in images]
-        return load_images(paths, self.config.image_size, self.config.center_crop)
+        return load_images(paths, self.config.image_size, self.config.center_crop, progress)
 
     def embed(self, images: ImagesLike, progress: bool = True) -> torch.Tensor:
         """Cached backbone patch features [N, P, D] on the detector's device."""
-        return embed_images(self.extractor, self.read_images(images), self.device,
+        return embed_images(self.extractor, self.read_images(images, progress), self.device,
                             batch_size=max(self.config.batch_size, 8), amp=self.config.amp,
                             cache_dir=self.config.feature_cache_dir, progress=progress)
 
@@ -122,14 +150,23 @@ class GASDetector:
             progress: bool = True) -> "GASDetector":
         """Train on normal images; see ``fit_features`` for the options."""
         started = time.perf_counter()
+        images = self.read_images(images, progress)
         features = self.embed(images, progress=progress)
         self.timings["feature_seconds"] = time.perf_counter() - started
+        if self.config.variant == "auto":
+            self.choose_variant(images)
+        pool = None
+        if self.uses_las:
+            pool = build_las_pool(self, images, progress=progress)
+            self.timings["las_pool_seconds"] = pool.seconds
         return self.fit_features(features, checkpoint_dir=checkpoint_dir, resume=resume,
-                                 epoch_callback=epoch_callback, progress=progress)
+                                 epoch_callback=epoch_callback, progress=progress,
+                                 las_pool=pool, las_images=images)
 
     def fit_features(self, features: torch.Tensor, *, checkpoint_dir: str | Path | None = None,
                      resume: bool = True, epoch_callback: EpochCallback | None = None,
-                     progress: bool = True) -> "GASDetector":
+                     progress: bool = True, las_pool: LASPool | None = None,
+                     las_images: torch.Tensor | None = None) -> "GASDetector":
         """Train on cached features [N, P, D].
 
         - ``checkpoint_dir``: an atomic checkpoint after every epoch; with ``resume`` a fit
@@ -138,11 +175,27 @@ class GASDetector:
           epoch); with ``selection="oracle"`` its ``image_auroc + pixel_auroc`` picks the epoch.
         - selection ``last`` keeps the final epoch; ``validation`` holds out ``val_fraction`` of
           the training images and keeps the epoch with the lowest held-out GAS loss.
+        - ``las_pool`` (synthesis ``las``/``gas+las``): LAS features of these training images
+          from ``build_las_pool`` (build once, reuse across runs); or ``las_images`` (the
+          training images [N, 3, S, S]) to build it here. ``las_regenerate_every > 0`` needs
+          ``las_images`` to rebuild the pool.
         """
         cfg = self.config
         if cfg.selection == "oracle" and epoch_callback is None:
             raise ValueError("selection='oracle' needs an epoch_callback that scores the test "
                              "split (gas_lib.evaluate.make_test_tracker)")
+        _ = self.variant  # variant="auto" must have been chosen by now
+        if self.uses_las:
+            if las_pool is None and las_images is None:
+                raise ValueError(f"synthesis={cfg.synthesis!r} needs LAS features: pass "
+                                 "las_pool=build_las_pool(detector, images) or las_images, "
+                                 "or call fit(images)")
+            if cfg.las_regenerate_every and las_images is None:
+                raise ValueError("las_regenerate_every > 0 rebuilds the LAS pool: pass "
+                                 "las_images (the training images) to fit_features")
+            if las_pool is not None and las_pool.source.max() >= features.shape[0]:
+                raise ValueError(f"las_pool was made from more images than the "
+                                 f"{features.shape[0]} training features given")
         set_seed(cfg.seed)
         fit_started = time.perf_counter()
         features = features.to(self.device)
@@ -156,6 +209,7 @@ class GASDetector:
         schedulers = [self._scheduler(opt) for opt in (opt_adaptor, opt_disc)]
         cpu_gen = torch.Generator().manual_seed(cfg.seed)
         dev_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
+        las_gen = torch.Generator().manual_seed(cfg.seed + LAS_SEED_OFFSET)
         rows: list[dict[str, float]] = []
         best: dict[str, Any] = {"score": -math.inf, "epoch": None, "state": None}
         start_epoch = 1
@@ -172,6 +226,8 @@ class GASDetector:
                     scheduler.load_state_dict(saved)
                 cpu_gen.set_state(state["cpu_gen"])
                 dev_gen.set_state(state["dev_gen"].to(dev_gen.get_state().device))
+                if "las_gen" in state:
+                    las_gen.set_state(state["las_gen"])
                 rows = [dict(r) for r in state["history"]]
                 best = {"score": state["best_score"], "epoch": state["best_epoch"],
                         "state": state["best_state"]}
@@ -179,13 +235,31 @@ class GASDetector:
                 self._restore_centres(state)
 
         train_feats, val_feats = features[train_idx], features[val_idx]
+        train_pool = val_pool = None
         epochs = range(start_epoch, cfg.epochs + 1)
         bar = tqdm(epochs, desc="GAS epochs", disable=not progress, initial=start_epoch - 1,
                    total=cfg.epochs)
         for epoch in bar:
             epoch_started = time.perf_counter()
+            las_batch = None
+            if self.uses_las:
+                generation = ((epoch - 1) // cfg.las_regenerate_every
+                              if cfg.las_regenerate_every else 0)
+                if las_pool is None or las_pool.generation != generation:
+                    if las_images is None:
+                        raise ValueError(f"epoch {epoch} needs LAS pool generation {generation}, "
+                                         f"the las_pool given is {las_pool.generation}: pass "
+                                         "las_images so it can be rebuilt")
+                    las_pool = build_las_pool(self, las_images, generation=generation,
+                                              progress=progress)
+                    train_pool = None
+                if train_pool is None:
+                    self.las_pool = las_pool
+                    train_pool, val_pool = self._split_pool(las_pool, train_idx, val_idx)
+                las_batch = pool_sampler(train_pool, las_gen)
             row = self.run_epoch(lambda idx: train_feats[idx], train_feats.shape[0],
-                                 opt_adaptor, opt_disc, cpu_gen, dev_gen, reference=train_feats)
+                                 opt_adaptor, opt_disc, cpu_gen, dev_gen, reference=train_feats,
+                                 las_batch=las_batch)
             if not all(math.isfinite(v) for v in row.values()):
                 raise TrainingDiverged(
                     f"epoch {epoch}: loss is not finite ({row}); the last good checkpoint "
@@ -196,7 +270,7 @@ class GASDetector:
             row["epoch"] = epoch
             row["seconds"] = time.perf_counter() - epoch_started
             if val_idx.numel():
-                row["val_loss"] = self.held_out_loss(val_feats)
+                row["val_loss"] = self.held_out_loss(val_feats, val_pool)
             if epoch_callback is not None:
                 row.update(epoch_callback(self, epoch))
             rows.append(row)
@@ -212,6 +286,7 @@ class GASDetector:
                     "opt_adaptor": opt_adaptor.state_dict(), "opt_disc": opt_disc.state_dict(),
                     "schedulers": [scheduler.state_dict() for scheduler in schedulers],
                     "cpu_gen": cpu_gen.get_state(), "dev_gen": dev_gen.get_state().cpu(),
+                    **({"las_gen": las_gen.get_state()} if self.uses_las else {}),
                     "history": rows, "best_score": best["score"], "best_epoch": best["epoch"],
                     "best_state": best["state"], **self._centre_state(),
                 }, ckpt_path)
@@ -230,45 +305,100 @@ class GASDetector:
     def run_epoch(self, batch_features: Callable[[torch.Tensor], torch.Tensor], n_images: int,
                   opt_adaptor: torch.optim.Optimizer, opt_disc: torch.optim.Optimizer,
                   cpu_gen: torch.Generator, dev_gen: torch.Generator,
-                  reference: torch.Tensor | None = None) -> dict[str, float]:
+                  reference: torch.Tensor | None = None, las_batch: LASBatch | None = None
+                  ) -> dict[str, float]:
         """One pass over the training images; ``batch_features(indices)`` gives [B, P, D].
 
         Passing a function lets the benchmark compare cached features with recomputing the
-        backbone for every batch, on the same training code.
+        backbone for every batch, on the same training code. With LAS (synthesis ``las`` or
+        ``gas+las``) ``las_batch(indices)`` gives an equal-size batch of LAS features and patch
+        labels ([B, P, D], [B, P]), e.g. ``las.pool_sampler``.
         """
         cfg = self.config
         assert self.adaptor is not None and self.discriminator is not None
-        if cfg.variant == "hypersphere":
+        if self.uses_las and las_batch is None:
+            raise ValueError(f"synthesis={cfg.synthesis!r}: run_epoch needs las_batch")
+        if self.variant == "hypersphere":
             self._update_centres(reference if reference is not None else batch_features(
                 torch.arange(n_images)))
         self.adaptor.train()
         self.discriminator.train()
         order = torch.randperm(n_images, generator=cpu_gen)
         sums = {"loss_normal": 0.0, "loss_anomaly": 0.0}
+        if las_batch is not None:
+            sums["loss_las"] = 0.0
         batches = 0
         for start in range(0, n_images, cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
             batch = batch_features(idx).to(self.device, torch.float32)
             normal = self.adaptor(batch.flatten(0, 1))
-            shell = self._shell(normal, batch.shape[0])
-            with self._head_autocast():
-                synthetic = synthesize(self.discriminator, normal, shell, cfg, dev_gen)
-                loss_normal, loss_anomaly = gas_losses(self.discriminator, normal, synthetic)
+            if cfg.synthesis == "las":
+                with self._head_autocast():
+                    logits = self.discriminator.logits(normal)
+                    loss_normal = F.binary_cross_entropy_with_logits(logits,
+                                                                     torch.zeros_like(logits))
+                loss_anomaly = torch.zeros((), device=self.device)
+            else:
+                shell = self._shell(normal, batch.shape[0])
+                with self._head_autocast():
+                    synthetic = synthesize(self.discriminator, normal, shell, cfg, dev_gen)
+                    loss_normal, loss_anomaly = gas_losses(self.discriminator, normal, synthetic)
+            loss = loss_normal + loss_anomaly
+            if las_batch is not None:
+                las_features, las_labels = las_batch(idx)
+                loss_las = self._las_loss(las_features, las_labels)
+                loss = loss + loss_las
+                sums["loss_las"] += loss_las.item()
             opt_adaptor.zero_grad(set_to_none=True)
             opt_disc.zero_grad(set_to_none=True)
-            (loss_normal + loss_anomaly).backward()
+            loss.backward()
             opt_adaptor.step()
             opt_disc.step()
             sums["loss_normal"] += loss_normal.item()
             sums["loss_anomaly"] += loss_anomaly.item()
             batches += 1
         row = {k: v / batches for k, v in sums.items()}
-        row["loss_total"] = row["loss_normal"] + row["loss_anomaly"]
+        row["loss_total"] = row["loss_normal"] + row["loss_anomaly"] + row.get("loss_las", 0.0)
         return row
 
+    def _las_loss(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Focal loss of the discriminator on adapted LAS patches [B, P, D] with labels [B, P].
+
+        Hypersphere variant: the anomalous patches are first projected into
+        ``[2 r_t, 4 r_t]`` around their position's centre, as the reference does.
+        """
+        assert self.adaptor is not None and self.discriminator is not None
+        cfg = self.config
+        b = features.shape[0]
+        adapted = self.adaptor(features.to(self.device, torch.float32).flatten(0, 1))
+        flat_labels = labels.to(self.device, torch.float32).flatten()
+        if self.variant == "hypersphere":
+            assert self.centres is not None and self.radius is not None
+            shell = hypersphere_shell(self.centres.repeat(b, 1), self.radius, LAS_SHELL)
+            adapted = torch.where(flat_labels[:, None] > 0.5, project_to_shell(adapted, shell),
+                                  adapted)
+        with self._head_autocast():
+            logits = self.discriminator.logits(adapted)
+        return focal_loss(torch.sigmoid(logits.float()), flat_labels, cfg.focal_gamma,
+                          cfg.las_hard_fraction)
+
+    @staticmethod
+    def _split_pool(pool: LASPool, train_idx: torch.Tensor, val_idx: torch.Tensor
+                    ) -> tuple[LASPool, LASPool | None]:
+        """Train on LAS images of the training split only; the held-out ones score val_loss.
+
+        Pool ``source`` indices refer to all images given to the fit; the training features
+        are re-indexed ``0..len(train_idx)-1`` but the pool is sampled independently of them.
+        """
+        if val_idx.numel() == 0:
+            return pool, None
+        return pool.subset(train_idx), pool.subset(val_idx)
+
     @torch.no_grad()
-    def held_out_loss(self, features: torch.Tensor, seed: int = 12345) -> float:
-        """GAS loss on held-out normal images with fixed synthesis noise (honest selection)."""
+    def held_out_loss(self, features: torch.Tensor, las_pool: LASPool | None = None,
+                      seed: int = 12345) -> float:
+        """GAS loss on held-out normal images with fixed synthesis noise (honest selection),
+        plus the LAS focal loss over the held-out images' LAS pool entries when given."""
         adaptor, discriminator = self._scoring_heads()
         gen = torch.Generator(device=self.device).manual_seed(seed)
         total, count = 0.0, 0
@@ -281,7 +411,15 @@ class GASDetector:
                 loss_normal, loss_anomaly = gas_losses(discriminator, normal, synthetic)
             total += (loss_normal + loss_anomaly).item() * batch.shape[0]
             count += batch.shape[0]
-        return total / count
+        loss = total / count
+        if las_pool is not None and len(las_pool):
+            las_total = 0.0
+            for start in range(0, len(las_pool), self.config.batch_size):
+                rows = slice(start, start + self.config.batch_size)
+                part = self._las_loss(las_pool.features[rows], las_pool.labels[rows])
+                las_total += part.item() * las_pool.features[rows].shape[0]
+            loss += las_total / len(las_pool)
+        return loss
 
     # --- scoring -------------------------------------------------------------------------
     @torch.no_grad()
@@ -326,7 +464,9 @@ class GASDetector:
         """Tensors and plain values only, so ``torch.load(weights_only=True)`` reads it."""
         return {"config": self.config.to_dict(), **self._head_state(),
                 "selected_epoch": self.selected_epoch, "history": self.history.to_dict("list"),
-                "timings": dict(self.timings), **self._centre_state()}
+                "timings": dict(self.timings), **self._centre_state(),
+                "variant_choice": self.variant_choice,
+                "spectral": self.spectral.summary() if self.spectral is not None else None}
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -353,6 +493,7 @@ class GASDetector:
         detector.selected_epoch = state["selected_epoch"]
         detector.history = pd.DataFrame(state["history"])
         detector.timings = dict(state.get("timings", {}))
+        detector.variant_choice = state.get("variant_choice")
         return detector
 
     # --- internals -----------------------------------------------------------------------
@@ -391,7 +532,7 @@ class GASDetector:
         return None
 
     def _shell(self, normal: torch.Tensor, n_images: int) -> Shell:
-        if self.config.variant == "hypersphere":
+        if self.variant == "hypersphere":
             assert self.centres is not None and self.radius is not None
             centres = self.centres.repeat(n_images, 1)
             return hypersphere_shell(centres, self.radius)
