@@ -13,7 +13,12 @@ Groups and what they vary (values relative to the base profile unless stated):
   starting noise (line plots);
 - ``variant``: manifold vs hypersphere shell;
 - ``settings``: the starting project's GAS and optimiser settings vs the GLASS reference
-  code's (``PRESETS["seed"]`` vs ``PRESETS["glass"]``), on this profile's features.
+  code's (``PRESETS["seed"]`` vs ``PRESETS["glass"]``), on this profile's features;
+- ``synthesis``: GAS only vs LAS only vs GAS + LAS (full GLASS);
+- ``texture``: the LAS texture source (offline ``procedural`` noise vs other ``train_images``).
+
+LAS runs share one LAS pool per texture source (made and embedded once, like the features),
+and its cost is reported next to each run's training time.
 """
 
 from __future__ import annotations
@@ -34,13 +39,17 @@ from matplotlib.figure import Figure
 from .config import PRESETS, GASConfig
 from .data import Sample, load_mask
 from .evaluate import compute_metrics
+from .las import LASPool, build_las_pool
 from .report import write_csv
 from .study import score_cached
 from .train import GASDetector
 
 GRIDS = ("tiny", "small", "full")
-EPOCH_CAP = {"tiny": 2, "small": 5, "full": 40}
-GROUPS = ("baseline", "radii", "eta", "n_step", "noise_std", "variant", "settings")
+EPOCH_CAP = {"tiny": 2, "small": 12, "full": 40}
+GROUPS = ("baseline", "radii", "eta", "n_step", "noise_std", "variant", "settings", "synthesis",
+          "texture")
+SYNTHESES = ("gas", "las", "gas+las")
+OFFLINE_TEXTURES = ("procedural", "train_images")
 METRICS = ("image_auroc", "pixel_auroc", "aupro")
 ALL_METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap", "f1_max")
 # The settings a "settings" run copies from a preset: GAS itself and the two optimisers.
@@ -48,14 +57,14 @@ SETTING_KEYS = ("noise_std", "eta", "n_step", "n_proj", "r1", "r2", "adaptor_opt
                 "adaptor_lr", "adaptor_weight_decay", "disc_optimizer", "disc_lr",
                 "disc_weight_decay")
 PARAM_COLUMNS = ("r1", "r2", "eta", "n_step", "n_proj", "noise_std", "variant", "adaptor_lr",
-                 "disc_lr", "disc_optimizer")
+                 "disc_lr", "disc_optimizer", "synthesis", "texture_source")
 SETTINGS_LABELS = {"seed": "starting project", "glass": "GLASS reference"}
 
 # Multipliers of the base value per grid; the radii are (r1 factor, r2 factor) pairs.
 _FACTORS: dict[str, dict[str, list[Any]]] = {
     "tiny": {"radii": [(0.5, 1.0)], "eta": [0.1], "n_step": [0.2], "noise_std": [3.0]},
-    "small": {"radii": [(0.5, 0.5), (0.5, 1.0), (1.0, 2.0), (2.0, 2.0)],
-              "eta": [0.1, 10.0], "n_step": [0.2, 2.0], "noise_std": [1 / 3, 3.0]},
+    "small": {"radii": [(0.5, 0.5), (1.0, 2.0), (2.0, 2.0)],
+              "eta": [0.1, 10.0], "n_step": [0.2], "noise_std": [3.0]},
     "full": {"radii": [(a, b) for a in (0.25, 0.5, 1.0, 2.0) for b in (0.5, 1.0, 2.0, 4.0)],
              "eta": [0.01, 0.1, 0.3, 3.0, 10.0], "n_step": [0.2, 0.4, 2.0, 4.0],
              "noise_std": [0.0, 1 / 3, 3.0, 10.0]},
@@ -107,10 +116,17 @@ def plan(base: GASConfig, grid: str | None = None, epochs: int | None = None) ->
         noise = _round(base.noise_std * factor)
         rows.append(dict(group="noise_std", label=f"noise_std={noise:g}",
                          overrides=dict(noise_std=noise)))
-    other = "hypersphere" if base.variant == "manifold" else "manifold"
-    rows.append(dict(group="variant", label=other, overrides=dict(variant=other)))
+    for other in ("manifold", "hypersphere"):
+        if other != base.variant:
+            rows.append(dict(group="variant", label=other, overrides=dict(variant=other)))
     for preset, label in SETTINGS_LABELS.items():
         rows.append(dict(group="settings", label=label, overrides=preset_settings(preset)))
+    for synthesis in SYNTHESES:
+        rows.append(dict(group="synthesis", label=synthesis, overrides=dict(synthesis=synthesis)))
+    las_synthesis = base.synthesis if base.synthesis != "gas" else "gas+las"
+    for source in OFFLINE_TEXTURES:
+        rows.append(dict(group="texture", label=f"{las_synthesis}, {source} textures",
+                         overrides=dict(synthesis=las_synthesis, texture_source=source)))
 
     seen = {_key(base)}
     kept = [rows[0]]
@@ -158,8 +174,12 @@ def run(variants: pd.DataFrame, base: GASConfig, train_samples: Sequence[Sample]
     epochs = int(variants["epochs"].iloc[0])
     base = honest(base).replace(epochs=epochs)
     probe = GASDetector(base)
-    train_features = probe.embed(train_samples, progress=progress)
+    train_images = probe.read_images(train_samples, progress)
+    train_features = probe.embed(train_images, progress=progress)
     test_features = probe.embed(test_samples, progress=progress)
+    if base.variant == "auto":  # the spectral choice, made once for every run
+        base = base.replace(variant=probe.choose_variant(train_images).decision)
+    pools: dict[tuple[str, int], LASPool] = {}
     size, crop = base.image_size, base.center_crop
     labels = np.array([s.label for s in test_samples])
     masks = np.stack([load_mask(s.mask_path, size, crop).numpy() for s in test_samples])
@@ -177,7 +197,8 @@ def run(variants: pd.DataFrame, base: GASConfig, train_samples: Sequence[Sample]
             row.update(group=variant["group"], label=variant["label"])
             status = "reused"
         else:
-            row = _one_run(config, train_features, test_features, labels, masks)
+            pool = _las_pool(pools, probe, config, train_images, progress)
+            row = _one_run(config, train_features, test_features, labels, masks, pool)
             row.update(group=variant["group"], label=variant["label"], config_key=key)
             status = f"{row['train_seconds'] + row['eval_seconds']:.0f} s"
         rows.append(row)
@@ -190,11 +211,24 @@ def run(variants: pd.DataFrame, base: GASConfig, train_samples: Sequence[Sample]
     return _order(pd.DataFrame(rows))
 
 
+def _las_pool(pools: dict[tuple[str, int], LASPool], probe: GASDetector, config: GASConfig,
+              train_images: torch.Tensor, progress: bool) -> LASPool | None:
+    """The LAS pool for this run's texture source, built on first use and then shared."""
+    if config.synthesis == "gas":
+        return None
+    key = (config.texture_source, config.las_variants)
+    if key not in pools:
+        pools[key] = build_las_pool(probe.extractor, train_images, config, device=probe.device,
+                                    progress=progress)
+    return pools[key]
+
+
 def _one_run(config: GASConfig, train_features: torch.Tensor, test_features: torch.Tensor,
-             labels: np.ndarray, masks: np.ndarray) -> dict[str, Any]:
+             labels: np.ndarray, masks: np.ndarray, pool: LASPool | None = None
+             ) -> dict[str, Any]:
     detector = GASDetector(config)
     started = time.perf_counter()
-    detector.fit_features(train_features, progress=False)
+    detector.fit_features(train_features, progress=False, las_pool=pool)
     train_seconds = time.perf_counter() - started
     started = time.perf_counter()
     scores, maps = score_cached(detector, test_features)
@@ -202,13 +236,14 @@ def _one_run(config: GASConfig, train_features: torch.Tensor, test_features: tor
     row = {name: getattr(config, name) for name in PARAM_COLUMNS}
     row.update({m: metrics[m] for m in ALL_METRICS})
     row.update(epochs=config.epochs, seed=config.seed, selection=config.selection,
-               train_seconds=train_seconds, eval_seconds=time.perf_counter() - started)
+               train_seconds=train_seconds, eval_seconds=time.perf_counter() - started,
+               las_pool_seconds=pool.seconds if pool is not None else 0.0)
     return row
 
 
 def _order(frame: pd.DataFrame) -> pd.DataFrame:
     first = ["group", "label", *PARAM_COLUMNS, *ALL_METRICS, "epochs", "seed", "selection",
-             "train_seconds", "eval_seconds", "config_key"]
+             "train_seconds", "las_pool_seconds", "eval_seconds", "config_key"]
     return frame[[c for c in first if c in frame.columns]
                  + [c for c in frame.columns if c not in first]]
 
@@ -291,6 +326,42 @@ def plot_choices(results: pd.DataFrame, base: GASConfig,
         lows.append(float(np.nanmin(long["score"].to_numpy(dtype=float))))
     low = min(lows) if lows else 0.0
     axes[0].set_ylim(max(0.0, low - 0.1), 1.02)
+    return fig
+
+
+def synthesis_table(results: pd.DataFrame, base: GASConfig) -> pd.DataFrame:
+    """GAS vs LAS vs GAS+LAS and the texture sources side by side, with the time each took."""
+    part = results[results["group"].isin(["baseline", "synthesis", "texture"])].copy()
+    part["synthesis"] = part["synthesis"].fillna(base.synthesis)
+    part["textures"] = np.where(part["synthesis"] == "gas", "-", part["texture_source"])
+    part["seconds"] = (part["train_seconds"] + part["las_pool_seconds"].fillna(0.0)).round(1)
+    part = part.drop_duplicates(subset=["synthesis", "textures"])
+    order = {name: i for i, name in enumerate(SYNTHESES)}
+    part = part.sort_values(by=["synthesis", "textures"], key=lambda c: c.map(order)
+                            if c.name == "synthesis" else c, kind="stable")
+    cols = ["synthesis", "textures", *METRICS, "image_ap", "pixel_ap", "train_seconds",
+            "las_pool_seconds", "seconds"]
+    return part[cols].reset_index(drop=True)
+
+
+def plot_synthesis(results: pd.DataFrame, base: GASConfig,
+                   metrics: Sequence[str] = METRICS) -> Figure:
+    """Bars per synthesis (and LAS texture source), labelled with the seconds each run took."""
+    table = synthesis_table(results, base)
+    table["run"] = [f"{row.synthesis}" + ("" if row.textures == "-" else f"\n{row.textures}")
+                    + f"\n{row.seconds:.0f} s" for row in table.itertuples()]
+    long = table.melt(id_vars=["run"], value_vars=list(metrics), var_name="metric",
+                      value_name="score")
+    fig = Figure(figsize=(max(6.0, 1.9 * len(table) + 2.0), 4.0), layout="constrained")
+    ax = fig.add_subplot()
+    sns.barplot(data=long, x="run", y="score", hue="metric", ax=ax, errorbar=None)
+    for container in ax.containers:
+        ax.bar_label(container, fmt="%.3f", fontsize="x-small", padding=1)
+    low = float(np.nanmin(long["score"].to_numpy(dtype=float))) if len(long) else 0.0
+    ax.set(xlabel="", ylim=(max(0.0, low - 0.1), 1.02),
+           title="GAS vs LAS vs GAS + LAS (seconds: training + LAS pool)")
+    ax.legend(fontsize="small", loc="lower right")
+    ax.grid(axis="y", alpha=0.3)
     return fig
 
 

@@ -14,11 +14,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import seaborn as sns
+import torch
 from matplotlib.figure import Figure
 from PIL import Image
 from scipy import ndimage
 
 from .data import GOOD, SPLITS, DataError, Sample, load_image, load_mask, load_split
+from .spectral import MIN_DENSITY, MIN_POINTS, MIN_RADIUS, SpectralResult, spectral_decision
 
 GROUP_ORDER_GOOD = ("train/good", "test/good")
 CHANNELS = ("r", "g", "b")
@@ -291,6 +293,23 @@ def plot_mean_image(mean: np.ndarray, std: np.ndarray, title: str = "") -> Figur
     if title:
         fig.suptitle(title)
     return fig
+
+
+def spectral_choice(mean: np.ndarray, images: pd.DataFrame) -> SpectralResult:
+    """GLASS's per-class variant test on the mean training image [S, S, 3] from ``mean_image``
+    (``images`` is ``image_table``'s frame, for the number of training images)."""
+    n_train = int((images["split"] == "train").sum())
+    batch = torch.from_numpy(np.ascontiguousarray(mean)).permute(2, 0, 1)[None]
+    return spectral_decision(batch, n_images=n_train)
+
+
+def describe_spectral(result: SpectralResult) -> str:
+    """One Markdown sentence on the decision and the numbers behind it."""
+    why = (f"{result.n_points} coefficients above {result.threshold:g}, reaching radius "
+           f"{result.radius:.1f} with density {result.density:.2f}")
+    need = f"hypersphere needs > {MIN_POINTS} points, radius > {MIN_RADIUS:g}, density > {MIN_DENSITY}"
+    return (f"- Spectral test: **{result.decision}** ({why}; {need}). `variant='auto'` would "
+            f"train the {result.decision} variant on this class.")
 
 
 # --- words ------------------------------------------------------------------------------------

@@ -28,6 +28,8 @@ from tqdm.auto import tqdm
 from .config import TEXTURE_SOURCES, GASConfig
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from .backbone import FeatureExtractor
 
 MAX_SCALE_EXP = 5  # Perlin scales 2^0 .. 2^5 per axis
@@ -439,3 +441,63 @@ def build_las_pool(detector_or_extractor: Any, images: torch.Tensor, config: GAS
         torch.cuda.synchronize(device)
     return LASPool(torch.cat(feats), torch.cat(labels).to(device), source, torch.cat(masks),
                    time.perf_counter() - started, generation, textures.name)
+
+
+# --- a look at the LAS images ---------------------------------------------------------------------
+@dataclass
+class LASPreview:
+    """A few training images with LAS variants made exactly as the pool makes its first ones."""
+
+    images: torch.Tensor  # [N, 3, S, S]
+    las_images: torch.Tensor  # [N * V, 3, S, S]
+    masks: torch.Tensor  # [N * V, S, S] bool
+    labels: torch.Tensor  # [N * V, P] patch labels on the feature grid
+    grid: tuple[int, int]
+    texture_source: str
+
+
+def preview(config: GASConfig, images: torch.Tensor, n_images: int = 4,
+            grid: tuple[int, int] | None = None) -> LASPreview:
+    """LAS variants of the first ``n_images`` of ``images`` (all training images [N, 3, S, S],
+    so that ``train_images`` textures draw from the same set as in training). Same seed and
+    order as ``build_las_pool``, so these are the pool's first entries."""
+    rng = np.random.default_rng(las_seed(config.seed, 0))
+    textures = texture_source(config, images)
+    part = images[:n_images]
+    las_images, masks = make_las_images(part, config.las_variants, textures, rng,
+                                        list(range(part.shape[0])))
+    size = images.shape[-1]
+    grid = grid or (max(1, size // 8), max(1, size // 8))
+    return LASPreview(part, las_images, masks, patch_labels(masks, grid), grid, textures.name)
+
+
+def plot_preview(result: LASPreview, title: str = "") -> Figure:
+    """One row per LAS image: the normal image, the LAS image with the mask outlined, the
+    mask, and the patch labels on the feature grid."""
+    from matplotlib.figure import Figure
+
+    rows = result.las_images.shape[0]
+    fig = Figure(figsize=(9.6, 2.5 * rows), layout="constrained")
+    axes = fig.subplots(rows, 4, squeeze=False)
+    variants = rows // max(1, result.images.shape[0])
+    for row in range(rows):
+        source = result.images[row // variants].permute(1, 2, 0).numpy()
+        las_image = result.las_images[row].permute(1, 2, 0).clamp(0, 1).numpy()
+        mask = result.masks[row].numpy()
+        labels = result.labels[row].reshape(result.grid).numpy()
+        axes[row, 0].imshow(source)
+        axes[row, 1].imshow(las_image)
+        if mask.any() and not mask.all():
+            axes[row, 1].contour(mask.astype(float), levels=[0.5], colors="red", linewidths=0.8)
+        axes[row, 2].imshow(mask, cmap="gray", vmin=0, vmax=1)
+        axes[row, 3].imshow(labels, cmap="Reds", vmin=0, vmax=1)
+        for ax in axes[row]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[row, 2].set_xlabel(f"{100 * mask.mean():.1f} % of the image", fontsize="small")
+        axes[row, 3].set_xlabel(f"{100 * labels.mean():.1f} % of the patches", fontsize="small")
+    for ax, name in zip(axes[0], ("normal image", "LAS image (mask outlined)", "Perlin mask",
+                                  f"patch labels ({result.grid[0]}x{result.grid[1]})")):
+        ax.set_title(name, fontsize="medium")
+    fig.suptitle(title or f"LAS images, {result.texture_source} textures")
+    return fig

@@ -137,7 +137,10 @@ def plot_training_curves(
 def _draw_losses(ax: Axes, history: pd.DataFrame) -> None:
     epochs = history["epoch"]
     ax.plot(epochs, history["loss_normal"], color=GOOD_COLOUR, label="normal")
-    ax.plot(epochs, history["loss_anomaly"], color=DEFECT_COLOUR, label="synthetic anomaly")
+    if history["loss_anomaly"].abs().sum() > 0:  # zero in LAS-only runs
+        ax.plot(epochs, history["loss_anomaly"], color=DEFECT_COLOUR, label="GAS anomaly")
+    if _has_values(history, "loss_las"):
+        ax.plot(epochs, history["loss_las"], color="tab:purple", label="LAS (focal)")
     if _has_values(history, "loss_total"):
         ax.plot(epochs, history["loss_total"], color="black", linestyle="--", label="total")
     ax.set(xlabel="epoch", ylabel="loss", title="Discriminator losses")

@@ -25,12 +25,15 @@ The threshold 170 only means something for an unnormalised DFT of a 289 x 289 im
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 SIZE = 289
 BLUR = 39
@@ -78,8 +81,12 @@ def mean_grey_image(images: torch.Tensor) -> np.ndarray:
     return (resized.clamp(0, 1) * 255.0).cpu().numpy().astype(np.float64)
 
 
-def spectral_decision(images: torch.Tensor) -> SpectralResult:
-    """Manifold or hypersphere for the class whose training images [N, 3, H, W] are given."""
+def spectral_decision(images: torch.Tensor, n_images: int | None = None) -> SpectralResult:
+    """Manifold or hypersphere for the class whose training images [N, 3, H, W] are given.
+
+    A precomputed mean image can be passed as a batch of one, with ``n_images`` saying how
+    many images it averages (for the record only).
+    """
     grey = mean_grey_image(images)
     blurred = ndimage.uniform_filter(grey, size=BLUR, mode="mirror")
     spectrum = np.fft.fftshift(np.fft.fft2(blurred))
@@ -100,14 +107,17 @@ def spectral_decision(images: torch.Tensor) -> SpectralResult:
     dense = max(box_density, disc_density) > MIN_DENSITY
     hyper = dense and radius > MIN_RADIUS and n_points > MIN_POINTS
     return SpectralResult("hypersphere" if hyper else "manifold", n_points, radius, box_density,
-                          disc_density, int(images.shape[0]), THRESHOLD, grey, log_magnitude)
+                          disc_density, int(n_images or images.shape[0]), THRESHOLD, grey,
+                          log_magnitude)
 
 
-def plot_spectrum(result: SpectralResult, title: str | None = None):
+def plot_spectrum(result: SpectralResult, title: str | None = None) -> Figure:
     """Mean grey image and its blurred log spectrum with the points above the threshold."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Circle
 
-    fig, (ax_img, ax_spec) = plt.subplots(1, 2, figsize=(9, 4.4))
+    fig = Figure(figsize=(9, 4.6), layout="constrained")
+    ax_img, ax_spec = fig.subplots(1, 2)
     ax_img.imshow(result.mean_image, cmap="gray", vmin=0, vmax=255)
     ax_img.set_title(f"mean of {result.n_images} training images (grey)")
     ax_img.axis("off")
@@ -116,8 +126,8 @@ def plot_spectrum(result: SpectralResult, title: str | None = None):
     ax_spec.scatter(xs, ys, s=2, c="cyan", label=f"> {result.threshold:g} ({result.n_points})")
     centre = SIZE // 2
     if result.radius > 0:
-        ax_spec.add_patch(plt.Circle((centre, centre), result.radius, fill=False, color="cyan",
-                                     lw=0.8, ls="--"))
+        ax_spec.add_patch(Circle((centre, centre), result.radius, fill=False, color="cyan",
+                                 lw=0.8, ls="--"))
     half = max(40, int(result.radius * 1.5))
     ax_spec.set_xlim(centre - half, centre + half)
     ax_spec.set_ylim(centre + half, centre - half)
@@ -127,5 +137,4 @@ def plot_spectrum(result: SpectralResult, title: str | None = None):
     fig.suptitle(title or (f"{result.decision}: {result.n_points} points, radius "
                            f"{result.radius:.1f}, density {result.density:.2f} "
                            f"(hypersphere needs > {MIN_POINTS}, > {MIN_RADIUS:g}, > {MIN_DENSITY})"))
-    fig.tight_layout()
     return fig

@@ -24,7 +24,7 @@ from sklearn.metrics import auc, precision_recall_curve, roc_curve
 
 from . import plots
 from .config import GASConfig
-from .data import Sample, load_mask, load_split
+from .data import Sample, load_images, load_mask, load_split
 from .evaluate import Predictions, auroc, evaluate
 from .report import SELECTION_LABELS, environment_info, write_csv, write_json
 from .summary import paper_numbers
@@ -80,6 +80,12 @@ def config_table(config: GASConfig) -> pd.DataFrame:
     rows = [(k, values[k]) for k in keys]
     rows.append(("device used", str(GASDetector(config).device)))
     return pd.DataFrame(rows, columns=["setting", "value"]).astype({"value": str})
+
+
+def read_train_images(config: GASConfig, samples: Sequence[Sample]) -> torch.Tensor:
+    """The images [N, 3, S, S] in [0, 1] at the config's size, as training reads them."""
+    return load_images([s.image_path for s in samples], config.image_size, config.center_crop,
+                       progress=False)
 
 
 def model_path(out_dir: str | Path, category: str) -> Path:
@@ -185,7 +191,8 @@ def timing_table(detector: GASDetector) -> pd.DataFrame:
     n_epochs = len(detector.history)
     rows = [
         ("backbone features (train images; 0 when read from the cache)", t.get("feature_seconds")),
-        ("GAS training epochs", t.get("train_seconds")),
+        ("LAS pool: make + embed the LAS images (0 without LAS)", t.get("las_pool_seconds", 0.0)),
+        ("training epochs", t.get("train_seconds")),
         ("per epoch", t.get("train_seconds", np.nan) / max(1, n_epochs)),
         ("test-set monitoring (not part of training)", t.get("tracking_seconds")),
     ]
@@ -205,6 +212,15 @@ def describe_training(detector: GASDetector) -> str:
              f"- Final losses: normal {last['loss_normal']:.3f}, synthetic anomaly "
              f"{last['loss_anomaly']:.3f} (first epoch: {h['loss_normal'].iloc[0]:.3f} and "
              f"{h['loss_anomaly'].iloc[0]:.3f})."]
+    if "loss_las" in h:
+        pool = detector.las_pool
+        lines.append(f"- Synthesis {detector.config.synthesis!r}: LAS focal loss "
+                     f"{h['loss_las'].iloc[0]:.3f} -> {last['loss_las']:.3f}"
+                     + (f"; LAS pool of {len(pool)} images ({pool.texture_source} textures, "
+                        f"{100 * pool.anomalous_fraction:.1f} % of patches anomalous) made in "
+                        f"{pool.seconds:.0f} s." if pool is not None else "."))
+    else:
+        lines.append("- Synthesis 'gas': GAS only, no LAS images.")
     if "image_auroc" in h and h["image_auroc"].notna().any():
         tracked = h.dropna(subset=["image_auroc"])
         lines.append(f"- Tracked on the test split (monitoring only): image AUROC "
@@ -228,6 +244,7 @@ def metrics_record(detector: GASDetector, metrics: dict[str, float], *, category
     return {
         "category": category, **metrics,
         "train_seconds": train_s, "feature_seconds": feature_s,
+        "las_pool_seconds": timings.get("las_pool_seconds", 0.0),
         "tracking_seconds": timings.get("tracking_seconds"),
         "total_seconds": float(np.nansum([train_s, feature_s, eval_s])),
         "selection": config.selection, "selection_label": SELECTION_LABELS[config.selection],
