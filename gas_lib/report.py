@@ -123,6 +123,39 @@ def save_figures(detector: GASDetector, predictions: Predictions, category: str,
     return saved
 
 
+def metrics_record(detector: GASDetector, metrics: dict[str, Any], *, category: str,
+                   n_train: int | None, n_test: int, model_file: str | Path | None = None,
+                   total_seconds: float | None = None) -> dict[str, Any]:
+    """The ``metrics.json`` dictionary: metrics, selection, timings, config, environment.
+
+    ``total_seconds`` defaults to features + training + evaluation (what a notebook run that
+    fits and evaluates in separate steps can add up).
+    """
+    config = detector.config
+    timings = detector.timings
+    train_s = timings.get("train_seconds", float("nan"))
+    feature_s = timings.get("feature_seconds", float("nan"))
+    if total_seconds is None:
+        total_seconds = float(np.nansum([train_s, feature_s,
+                                         metrics.get("eval_seconds", float("nan"))]))
+    return {
+        "category": category, **metrics,
+        "train_seconds": train_s, "feature_seconds": feature_s,
+        "las_pool_seconds": timings.get("las_pool_seconds", 0.0),
+        "tracking_seconds": timings.get("tracking_seconds"),
+        "total_seconds": total_seconds,
+        "selection": config.selection, "selection_label": SELECTION_LABELS[config.selection],
+        "selected_epoch": detector.selected_epoch, "epochs_run": len(detector.history),
+        "n_train": n_train, "n_test": n_test,
+        "profile": config.profile, "backbone": config.backbone, "synthesis": config.synthesis,
+        "variant": detector.variant, "variant_choice": detector.variant_choice,
+        "spectral": detector.spectral.summary() if detector.spectral is not None else None,
+        "las_pool_size": len(detector.las_pool) if detector.las_pool is not None else None,
+        "config": config.to_dict(), "environment": environment_info(),
+        "model_path": Path(model_file).name if model_file else None,
+    }
+
+
 def train_and_evaluate(data_root: str | Path, category: str, config: GASConfig,
                        out_dir: str | Path, *, track_every: int = 0, resume: bool = True,
                        figures: bool = True, progress: bool = True) -> dict[str, Any]:
@@ -149,22 +182,9 @@ def train_and_evaluate(data_root: str | Path, category: str, config: GASConfig,
 
     metrics, per_defect, predictions = evaluate(detector, test_samples, progress=progress)
     write_csv(per_defect, out_dir / "per_defect.csv")
-    result = {
-        "category": category, **metrics,
-        "train_seconds": detector.timings.get("train_seconds", float("nan")),
-        "feature_seconds": detector.timings.get("feature_seconds", float("nan")),
-        "total_seconds": time.perf_counter() - started,
-        "selection": config.selection, "selection_label": SELECTION_LABELS[config.selection],
-        "selected_epoch": detector.selected_epoch,
-        "n_train": len(train_samples), "n_test": len(test_samples),
-        "profile": config.profile, "backbone": config.backbone, "synthesis": config.synthesis,
-        "variant": detector.variant, "variant_choice": detector.variant_choice,
-        "spectral": detector.spectral.summary() if detector.spectral is not None else None,
-        "las_pool_seconds": detector.timings.get("las_pool_seconds"),
-        "las_pool_size": len(detector.las_pool) if detector.las_pool is not None else None,
-        "config": config.to_dict(), "environment": environment_info(),
-        "model_path": str(model_path.name),
-    }
+    result = metrics_record(detector, metrics, category=category, n_train=len(train_samples),
+                            n_test=len(test_samples), model_file=model_path,
+                            total_seconds=time.perf_counter() - started)
     if figures:
         save_figures(detector, predictions, category, out_dir, metrics.get("f1_threshold"))
     write_json(result, out_dir / "metrics.json")

@@ -2,9 +2,9 @@
 
 ``01_training`` calls ``make_config`` and ``fit_detector`` (fit with checkpoints, optional
 per-epoch monitoring on cached test features, model + history saved); ``03_evaluation`` calls
-``evaluate_detector`` (metrics overall and per defect type, ``metrics.json``) and the figure
-helpers below. ``metrics_record`` builds the same ``metrics.json`` dictionary that
-``gas_lib.report.train_and_evaluate`` writes, so both paths give comparable artefacts.
+``evaluate_detector`` (metrics overall and per defect type, ``metrics.json`` built by
+``gas_lib.report.metrics_record``, as the command line's ``train`` writes it) and the figure
+helpers below.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from . import plots
 from .config import GASConfig
 from .data import Sample, load_images, load_mask, load_split
 from .evaluate import Predictions, auroc, evaluate
-from .report import SELECTION_LABELS, environment_info, write_csv, write_json
+from .report import SELECTION_LABELS, metrics_record, write_csv, write_json
 from .summary import paper_numbers
 from .train import GASDetector
 
@@ -232,33 +232,6 @@ def describe_training(detector: GASDetector) -> str:
 
 
 # --- evaluation -------------------------------------------------------------------------------
-def metrics_record(detector: GASDetector, metrics: dict[str, float], *, category: str,
-                   n_train: int | None, n_test: int, model_file: str | Path | None = None
-                   ) -> dict[str, Any]:
-    """The ``metrics.json`` dictionary (same keys as ``report.train_and_evaluate``'s result)."""
-    config = detector.config
-    timings = detector.timings
-    train_s = timings.get("train_seconds", float("nan"))
-    feature_s = timings.get("feature_seconds", float("nan"))
-    eval_s = metrics.get("eval_seconds", float("nan"))
-    return {
-        "category": category, **metrics,
-        "train_seconds": train_s, "feature_seconds": feature_s,
-        "las_pool_seconds": timings.get("las_pool_seconds", 0.0),
-        "tracking_seconds": timings.get("tracking_seconds"),
-        "total_seconds": float(np.nansum([train_s, feature_s, eval_s])),
-        "selection": config.selection, "selection_label": SELECTION_LABELS[config.selection],
-        "selected_epoch": detector.selected_epoch, "epochs_run": len(detector.history),
-        "n_train": n_train, "n_test": n_test,
-        "profile": config.profile, "backbone": config.backbone,
-        "synthesis": getattr(config, "synthesis", "gas"),
-        "variant": detector.variant,
-        "config": config.to_dict(), "environment": environment_info(),
-        "model_path": Path(model_file).name if model_file else None,
-        "paper_glass_m": paper_numbers(category),
-    }
-
-
 def evaluate_detector(detector: GASDetector, data_root: str | Path, category: str,
                       out_dir: str | Path, *, progress: bool = False
                       ) -> tuple[dict[str, Any], pd.DataFrame, Predictions]:
@@ -269,6 +242,7 @@ def evaluate_detector(detector: GASDetector, data_root: str | Path, category: st
     metrics, per_defect, predictions = evaluate(detector, test, progress=progress)
     record = metrics_record(detector, metrics, category=category, n_train=n_train,
                             n_test=len(test), model_file=model_path(out_dir, category))
+    record["paper_glass_m"] = paper_numbers(category)
     write_csv(per_defect, out_dir / "per_defect.csv")
     write_json(record, out_dir / "metrics.json")
     return record, per_defect, predictions
