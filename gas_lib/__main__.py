@@ -68,7 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="speed and memory table on the current device")
     bench.add_argument("--profile", default="auto", choices=profiles)
     bench.add_argument("--images", type=int, default=32)
-    bench.add_argument("--repeats", type=int, default=1)
+    bench.add_argument("--repeats", type=int, default=3,
+                       help="timed rounds per measure (median; variants interleaved)")
     bench.add_argument("--data-root")
     bench.add_argument("--category")
     bench.add_argument("--device")

@@ -22,7 +22,6 @@ import torch
 from .config import GASConfig
 from .data import load_split
 from .las import build_las_pool, make_las_images, patch_labels, pool_sampler, texture_source
-from .model import build_heads, build_optimizers
 from .report import environment_info, write_json
 from .synthetic import normal_texture
 from .train import GASDetector
@@ -35,15 +34,22 @@ def _sync(device: torch.device) -> None:
 
 def _timed(fn: Callable[[], Any], device: torch.device, repeats: int = 1) -> float:
     """Median wall time of ``fn`` after one warm-up call."""
-    fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - started)
-    return float(np.median(times))
+    return _timed_together({"fn": fn}, device, repeats)["fn"]
+
+
+def _timed_together(fns: dict[str, Callable[[], Any]], device: torch.device, repeats: int = 1
+                    ) -> dict[str, float]:
+    """Median wall time of each function after a warm-up round, the calls interleaved round by
+    round, so that a slow spell of a shared machine hits every variant of a ratio alike."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for round_ in range(repeats + 1):
+        for name, fn in fns.items():
+            started = time.perf_counter()
+            fn()
+            _sync(device)
+            if round_:
+                times[name].append(time.perf_counter() - started)
+    return {name: float(np.median(values)) for name, values in times.items()}
 
 
 def bench_files(n_images: int, folder: Path, data_root: str | None = None,
@@ -70,7 +76,7 @@ def peak_rss_mb() -> float:
 
 
 def run_benchmark(config: GASConfig, n_images: int = 32, data_root: str | None = None,
-                  category: str | None = None, repeats: int = 1) -> dict[str, Any]:
+                  category: str | None = None, repeats: int = 3) -> dict[str, Any]:
     """Measure and return the rows of the benchmark table plus the environment."""
     detector = GASDetector(config)
     device = detector.device
@@ -96,10 +102,7 @@ def run_benchmark(config: GASConfig, n_images: int = 32, data_root: str | None =
     features = extract_all().float()
 
     torch.manual_seed(config.seed)
-    detector.adaptor, detector.discriminator = build_heads(features.shape[-1], config)
-    detector.adaptor.to(device)
-    detector.discriminator.to(device)
-    opt_a, opt_d = build_optimizers(detector.adaptor, detector.discriminator, config)
+    opt_a, opt_d = detector.init_heads(features.shape[-1])
     cpu_gen = torch.Generator().manual_seed(0)
     dev_gen = torch.Generator(device=device).manual_seed(0)
 
@@ -116,9 +119,10 @@ def run_benchmark(config: GASConfig, n_images: int = 32, data_root: str | None =
         return lambda: detector.run_epoch(source, n_images, opt_a, opt_d, cpu_gen, dev_gen,
                                           reference=features)
 
-    cached_s = _timed(epoch(lambda idx: features[idx.to(device)]), device, repeats)
-    recompute_s = _timed(epoch(recompute), device, repeats)
-    reference_s = _timed(epoch(read_and_recompute), device, repeats)
+    epochs = _timed_together({"cached": epoch(lambda idx: features[idx.to(device)]),
+                              "recompute": epoch(recompute),
+                              "reference": epoch(read_and_recompute)}, device, repeats)
+    cached_s, recompute_s, reference_s = epochs["cached"], epochs["recompute"], epochs["reference"]
     las_rows = _las_rows(detector, config, images, files, features, opt_a, opt_d, repeats)
     tmp.cleanup()
     detector.adaptor.eval()
@@ -187,10 +191,11 @@ def _las_rows(detector: GASDetector, config: GASConfig, images: torch.Tensor, fi
             return lambda: detector.run_epoch(source, n_images, opt_a, opt_d, cpu_gen, dev_gen,
                                               reference=features, las_batch=las_batch)
 
-        cached_s = _timed(epoch(lambda idx: features[idx.to(device)],
-                                pool_sampler(pool, las_gen)), device, repeats)
-        reference_s = _timed(epoch(read_las_and_recompute, lambda idx: pending.pop("las")),
-                             device, repeats)
+        times = _timed_together({
+            "cached": epoch(lambda idx: features[idx.to(device)], pool_sampler(pool, las_gen)),
+            "reference": epoch(read_las_and_recompute, lambda idx: pending.pop("las")),
+        }, device, repeats)
+        cached_s, reference_s = times["cached"], times["reference"]
     finally:
         detector.config = original
     return [
@@ -224,7 +229,7 @@ def _has_tabulate() -> bool:
 
 
 def main(config: GASConfig, n_images: int, out: str | Path | None, data_root: str | None,
-         category: str | None, repeats: int = 1) -> dict[str, Any]:
+         category: str | None, repeats: int = 3) -> dict[str, Any]:
     result = run_benchmark(config, n_images, data_root, category, repeats)
     print(format_table(result))
     if out:

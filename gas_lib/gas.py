@@ -34,7 +34,7 @@ def project_to_shell(features: torch.Tensor, shell: Shell) -> torch.Tensor:
     offset = features - shell.reference
     norm = offset.norm(dim=-1, keepdim=True)
     clamped = norm.clamp(shell.r1, shell.r2)
-    return shell.reference + offset * (clamped / norm.clamp_min(_EPS))
+    return shell.reference.addcmul(offset, clamped / norm.clamp_min(_EPS))
 
 
 def manifold_shell(anchors: torch.Tensor, config: GASConfig) -> Shell:
@@ -66,7 +66,7 @@ def synthesize(discriminator: Discriminator, anchors: torch.Tensor, shell: Shell
             loss = F.binary_cross_entropy_with_logits(discriminator.logits(synthetic), target)
             (grad,) = torch.autograd.grad(loss, synthetic)
             grad_norm = grad.norm(dim=-1, keepdim=True).clamp_min(_EPS)
-            synthetic = synthetic.detach() + config.eta * grad / grad_norm
+            synthetic = synthetic.detach().addcmul(grad, grad_norm.reciprocal(), value=config.eta)
             if step % config.n_proj == 0 or step == config.n_step:
                 synthetic = project_to_shell(synthetic, shell)
     return synthetic.detach()
@@ -75,7 +75,7 @@ def synthesize(discriminator: Discriminator, anchors: torch.Tensor, shell: Shell
 def gas_losses(discriminator: Discriminator, normal: torch.Tensor, synthetic: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """``BCE(D(t), 0)`` and ``BCE(D(g), 1)``, from one discriminator pass over both sets."""
-    logits = discriminator.logits(torch.cat([normal, synthetic]))
+    logits = discriminator.joint_logits(normal, synthetic)
     n = normal.shape[0]
     loss_normal = F.binary_cross_entropy_with_logits(logits[:n], torch.zeros_like(logits[:n]))
     loss_anomaly = F.binary_cross_entropy_with_logits(logits[n:], torch.ones_like(logits[n:]))

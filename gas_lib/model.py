@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -39,6 +43,16 @@ class Discriminator(nn.Module):
         """Pre-sigmoid scores [N]; the losses use these for numerical stability."""
         return self.body(features).squeeze(-1)
 
+    def joint_logits(self, trained: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        """``logits(cat([trained, fixed]))`` with BatchNorm over both sets, as one batch.
+
+        ``fixed`` gets no input gradient (GAS features are constants of the loss), so the first
+        layer runs on each set apart and backpropagation skips a third of its products.
+        """
+        first, rest = self.body[0], self.body[1:]
+        hidden = torch.cat([first(trained), first(fixed.detach())])
+        return rest(hidden).squeeze(-1)
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(features))
 
@@ -57,3 +71,42 @@ def build_optimizers(adaptor: Adaptor, discriminator: Discriminator, config: GAS
                  config.adaptor_weight_decay),
             make(config.disc_optimizer, discriminator.parameters(), config.disc_lr,
                  config.disc_weight_decay))
+
+
+class WeightAverage:
+    """Exponential moving average of some modules' weights and floating buffers.
+
+    ``update()`` after every optimiser step; ``modules`` are frozen copies in eval mode that
+    score like the originals (BatchNorm running statistics are averaged alongside). The decay
+    warms up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so that short fits are
+    not dragged back to the random initial weights.
+    """
+
+    def __init__(self, live: Sequence[nn.Module], decay: float) -> None:
+        self.decay = decay
+        self.updates = 0
+        self.live = list(live)
+        self.modules = [copy.deepcopy(m).eval().requires_grad_(False) for m in self.live]
+
+    @property
+    def current_decay(self) -> float:
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+
+    @torch.no_grad()
+    def update(self) -> None:
+        weight = 1 - self.current_decay
+        for live, average in zip(self.live, self.modules):
+            for mine, theirs in zip(average.state_dict().values(), live.state_dict().values()):
+                if mine.is_floating_point():
+                    mine.lerp_(theirs, weight)
+                else:
+                    mine.copy_(theirs)
+        self.updates += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"updates": self.updates, "modules": [m.state_dict() for m in self.modules]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.updates = int(state["updates"])
+        for module, module_state in zip(self.modules, state["modules"]):
+            module.load_state_dict(module_state)

@@ -51,9 +51,14 @@ def environment_info() -> dict[str, Any]:
     except ImportError:
         pass
     try:
+        here = Path(__file__).resolve().parent
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, timeout=5, cwd=Path(__file__).resolve().parent)
-        info["git_commit"] = commit.stdout.strip() or None
+                                text=True, timeout=5, cwd=here).stdout.strip() or None
+        if commit:  # "-dirty": the code that ran differs from the commit in tracked files
+            changes = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                     capture_output=True, text=True, timeout=5, cwd=here)
+            commit += "-dirty" if changes.stdout.strip() else ""
+        info["git_commit"] = commit
     except (OSError, subprocess.SubprocessError):
         info["git_commit"] = None
     return info

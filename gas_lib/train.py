@@ -26,7 +26,7 @@ from .data import Sample, load_images
 from .gas import (Shell, gas_losses, hypersphere_shell, manifold_shell, position_centres,
                   project_to_shell, synthesize)
 from .las import LASPool, build_las_pool, focal_loss, pool_sampler
-from .model import Adaptor, Discriminator, build_heads, build_optimizers
+from .model import Adaptor, Discriminator, WeightAverage, build_heads, build_optimizers
 from .spectral import SpectralResult, spectral_decision
 
 ImagesLike = torch.Tensor | Sequence[Sample] | Sequence[str | Path]
@@ -90,6 +90,7 @@ class GASDetector:
         self._extractor: FeatureExtractor | None = None
         self.adaptor: Adaptor | None = None
         self.discriminator: Discriminator | None = None
+        self._average: WeightAverage | None = None  # ema_decay > 0: what scores while training
         self.centres: torch.Tensor | None = None  # hypersphere: per-position centre [P, D]
         self.radius: float | None = None
         self.history: pd.DataFrame = pd.DataFrame()
@@ -145,6 +146,18 @@ class GASDetector:
                             cache_dir=self.config.feature_cache_dir, progress=progress)
 
     # --- training ------------------------------------------------------------------------
+    def init_heads(self, dim: int) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+        """Fresh adaptor and discriminator on the device, with their weight average when
+        ``ema_decay > 0``; returns the two optimisers."""
+        self.adaptor, self.discriminator = build_heads(dim, self.config)
+        self.adaptor.to(self.device)
+        self.discriminator.to(self.device)
+        self._average = None
+        if self.config.ema_decay > 0:
+            self._average = WeightAverage([self.adaptor, self.discriminator],
+                                          self.config.ema_decay)
+        return build_optimizers(self.adaptor, self.discriminator, self.config)
+
     def fit(self, images: ImagesLike, *, checkpoint_dir: str | Path | None = None,
             resume: bool = True, epoch_callback: EpochCallback | None = None,
             progress: bool = True) -> "GASDetector":
@@ -202,10 +215,7 @@ class GASDetector:
         train_idx, val_idx = self._split(features.shape[0])
         if train_idx.numel() == 0:
             raise ValueError("no training images left after the validation split")
-        self.adaptor, self.discriminator = build_heads(features.shape[-1], cfg)
-        self.adaptor.to(self.device)
-        self.discriminator.to(self.device)
-        opt_adaptor, opt_disc = build_optimizers(self.adaptor, self.discriminator, cfg)
+        opt_adaptor, opt_disc = self.init_heads(features.shape[-1])
         schedulers = [self._scheduler(opt) for opt in (opt_adaptor, opt_disc)]
         cpu_gen = torch.Generator().manual_seed(cfg.seed)
         dev_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
@@ -228,6 +238,8 @@ class GASDetector:
                 dev_gen.set_state(state["dev_gen"].to(dev_gen.get_state().device))
                 if "las_gen" in state:
                     las_gen.set_state(state["las_gen"])
+                if self._average is not None:
+                    self._average.load_state_dict(state["average"])
                 rows = [dict(r) for r in state["history"]]
                 best = {"score": state["best_score"], "epoch": state["best_epoch"],
                         "state": state["best_state"]}
@@ -287,6 +299,7 @@ class GASDetector:
                     "schedulers": [scheduler.state_dict() for scheduler in schedulers],
                     "cpu_gen": cpu_gen.get_state(), "dev_gen": dev_gen.get_state().cpu(),
                     **({"las_gen": las_gen.get_state()} if self.uses_las else {}),
+                    **({"average": self._average.state_dict()} if self._average else {}),
                     "history": rows, "best_score": best["score"], "best_epoch": best["epoch"],
                     "best_state": best["state"], **self._centre_state(),
                 }, ckpt_path)
@@ -294,9 +307,12 @@ class GASDetector:
         self.history = pd.DataFrame(rows)
         if cfg.selection == "last" or best["state"] is None:
             self.selected_epoch = cfg.epochs
+            final = self._head_state()  # the weight average, when there is one
         else:
             self.selected_epoch = best["epoch"]
-            self._load_head_state(best["state"])
+            final = best["state"]
+        self._average = None
+        self._load_head_state(final)
         self.adaptor.eval()
         self.discriminator.eval()
         self.timings["train_seconds"] = time.perf_counter() - fit_started
@@ -331,7 +347,7 @@ class GASDetector:
         for start in range(0, n_images, cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
             batch = batch_features(idx).to(self.device, torch.float32)
-            normal = self.adaptor(batch.flatten(0, 1))
+            normal = self._adapt(self.adaptor, batch.flatten(0, 1))
             if cfg.synthesis == "las":
                 with self._head_autocast():
                     logits = self.discriminator.logits(normal)
@@ -354,6 +370,8 @@ class GASDetector:
             loss.backward()
             opt_adaptor.step()
             opt_disc.step()
+            if self._average is not None:
+                self._average.update()
             sums["loss_normal"] += loss_normal.item()
             sums["loss_anomaly"] += loss_anomaly.item()
             batches += 1
@@ -370,7 +388,7 @@ class GASDetector:
         assert self.adaptor is not None and self.discriminator is not None
         cfg = self.config
         b = features.shape[0]
-        adapted = self.adaptor(features.to(self.device, torch.float32).flatten(0, 1))
+        adapted = self._adapt(self.adaptor, features.to(self.device, torch.float32).flatten(0, 1))
         flat_labels = labels.to(self.device, torch.float32).flatten()
         if self.variant == "hypersphere":
             assert self.centres is not None and self.radius is not None
@@ -404,7 +422,7 @@ class GASDetector:
         total, count = 0.0, 0
         for start in range(0, features.shape[0], self.config.batch_size):
             batch = features[start:start + self.config.batch_size].to(torch.float32)
-            normal = adaptor(batch.flatten(0, 1))
+            normal = self._adapt(adaptor, batch.flatten(0, 1))
             with self._head_autocast():
                 synthetic = synthesize(discriminator, normal,
                                        self._shell(normal, batch.shape[0]), self.config, gen)
@@ -515,6 +533,15 @@ class GASDetector:
         return torch.autocast(self.device.type, dtype=torch.bfloat16,
                               enabled=self.config.amp and native)
 
+    def _adapt(self, adaptor: Adaptor, patches: torch.Tensor) -> torch.Tensor:
+        """Adapted training features, float32; the product in bf16 where that is native.
+
+        The result is cast back to float32 before GAS offsets and projections are taken, so
+        only the adaptor's own rounding changes (relative 2^-8, far below the shell radii).
+        """
+        with self._head_autocast():
+            return adaptor(patches).float()
+
     def _split(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.config.selection != "validation":
             return torch.arange(n), torch.arange(0)
@@ -555,9 +582,13 @@ class GASDetector:
         self.radius = state.get("radius")
 
     def _scoring_heads(self) -> tuple[Adaptor, Discriminator]:
-        """The fitted heads, in eval mode (BatchNorm uses its running statistics)."""
+        """The fitted heads, in eval mode (BatchNorm uses its running statistics); during a fit
+        with ``ema_decay > 0``, their weight average."""
         if self.adaptor is None or self.discriminator is None:
             raise RuntimeError("the detector is not fitted: call fit() or GASDetector.load()")
+        if self._average is not None:
+            adaptor, discriminator = self._average.modules
+            return adaptor, discriminator  # type: ignore[return-value]
         self.adaptor.eval()
         self.discriminator.eval()
         return self.adaptor, self.discriminator

@@ -7,6 +7,7 @@ import torch
 from gas_lib.backbone import clear_feature_cache
 from gas_lib.data import load_split
 from gas_lib.evaluate import evaluate
+from gas_lib.model import WeightAverage
 from gas_lib.train import CHECKPOINT_NAME, GASDetector, TrainingDiverged
 
 from conftest import tiny_config
@@ -69,11 +70,12 @@ def test_save_and_load_give_identical_scores(fitted, synthetic_root, tmp_path):
     assert set(state) >= {"config", "adaptor", "discriminator"}
 
 
-@pytest.mark.parametrize("schedule", ["constant", "cosine"])
-def test_interrupted_fit_resumes_to_the_same_result(synthetic_root, tmp_path, schedule):
+@pytest.mark.parametrize("schedule,ema_decay", [("constant", 0.0), ("cosine", 0.0),
+                                               ("constant", 0.9)])
+def test_interrupted_fit_resumes_to_the_same_result(synthetic_root, tmp_path, schedule, ema_decay):
     train = load_split(synthetic_root, "plate", "train")
     test = load_split(synthetic_root, "plate", "test")
-    config = tiny_config(epochs=4, lr_schedule=schedule)
+    config = tiny_config(epochs=4, lr_schedule=schedule, ema_decay=ema_decay)
     straight = GASDetector(config).fit(train, progress=False)
 
     clear_feature_cache()
@@ -135,3 +137,40 @@ def test_hypersphere_variant_trains(synthetic_root):
     assert detector.radius is not None and math.isfinite(detector.radius)
     assert detector.centres.shape == (64, 64)
     assert np.isfinite(detector.history["loss_total"]).all()
+
+
+def test_weight_average_follows_the_exponential_rule():
+    live = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    average = WeightAverage([live], decay=0.75)
+    average.updates = 100  # past the warm-up: the decay is 0.75 itself
+    before = {k: v.clone() for k, v in average.modules[0].state_dict().items()}
+    live.train()
+    with torch.no_grad():
+        live[0].weight.add_(1.0)
+        live(torch.randn(8, 3))  # moves the BatchNorm running statistics and batch count
+    average.update()
+    after, now = average.modules[0].state_dict(), live.state_dict()
+    for key in ("0.weight", "1.running_mean", "1.running_var"):
+        assert torch.allclose(after[key], 0.75 * before[key] + 0.25 * now[key]), key
+    assert after["1.num_batches_tracked"] == now["1.num_batches_tracked"] == 1
+    assert not any(p.requires_grad for p in average.modules[0].parameters())
+    fresh = WeightAverage([live], decay=0.999)
+    assert fresh.current_decay == pytest.approx(0.1)  # warm-up: (1 + 0) / (10 + 0)
+    old = fresh.modules[0][0].weight.clone()
+    with torch.no_grad():
+        live[0].weight.mul_(2.0)
+    fresh.update()
+    assert torch.allclose(fresh.modules[0][0].weight, 0.1 * old + 0.9 * live[0].weight)
+    assert fresh.updates == 1 and fresh.current_decay == pytest.approx(2 / 11)
+
+
+def test_a_fit_with_weight_averaging_scores_with_the_average(synthetic_root):
+    train = load_split(synthetic_root, "plate", "train")
+    test = load_split(synthetic_root, "plate", "test")[:4]
+    plain = GASDetector(tiny_config(epochs=3, ema_decay=0.0)).fit(train, progress=False)
+    averaged = GASDetector(tiny_config(epochs=3, ema_decay=0.9)).fit(train, progress=False)
+    assert averaged._average is None  # folded into the heads once the fit ends
+    weight = averaged.adaptor.linear.weight
+    assert not torch.allclose(weight, plain.adaptor.linear.weight)
+    scores, maps = averaged.score(test)
+    assert torch.isfinite(scores).all() and torch.isfinite(maps).all()
