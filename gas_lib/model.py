@@ -47,7 +47,8 @@ class Discriminator(nn.Module):
         """``logits(cat([trained, fixed]))`` with BatchNorm over both sets, as one batch.
 
         ``fixed`` gets no input gradient (GAS features are constants of the loss), so the first
-        layer runs on each set apart and backpropagation skips a third of its products.
+        layer runs on each set apart and its backward pass skips the fixed half's input
+        gradient (a quarter of that layer's backward products).
         """
         first, rest = self.body[0], self.body[1:]
         hidden = torch.cat([first(trained), first(fixed.detach())])

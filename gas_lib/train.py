@@ -379,16 +379,19 @@ class GASDetector:
         row["loss_total"] = row["loss_normal"] + row["loss_anomaly"] + row.get("loss_las", 0.0)
         return row
 
-    def _las_loss(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def _las_loss(self, features: torch.Tensor, labels: torch.Tensor,
+                  heads: tuple[Adaptor, Discriminator] | None = None) -> torch.Tensor:
         """Focal loss of the discriminator on adapted LAS patches [B, P, D] with labels [B, P].
 
+        ``heads``: the (adaptor, discriminator) to use; the ones being trained by default.
         Hypersphere variant: the anomalous patches are first projected into
         ``[2 r_t, 4 r_t]`` around their position's centre, as the reference does.
         """
         assert self.adaptor is not None and self.discriminator is not None
+        adaptor, discriminator = heads or (self.adaptor, self.discriminator)
         cfg = self.config
         b = features.shape[0]
-        adapted = self._adapt(self.adaptor, features.to(self.device, torch.float32).flatten(0, 1))
+        adapted = self._adapt(adaptor, features.to(self.device, torch.float32).flatten(0, 1))
         flat_labels = labels.to(self.device, torch.float32).flatten()
         if self.variant == "hypersphere":
             assert self.centres is not None and self.radius is not None
@@ -396,7 +399,7 @@ class GASDetector:
             adapted = torch.where(flat_labels[:, None] > 0.5, project_to_shell(adapted, shell),
                                   adapted)
         with self._head_autocast():
-            logits = self.discriminator.logits(adapted)
+            logits = discriminator.logits(adapted)
         return focal_loss(torch.sigmoid(logits.float()), flat_labels, cfg.focal_gamma,
                           cfg.las_hard_fraction)
 
@@ -434,7 +437,8 @@ class GASDetector:
             las_total = 0.0
             for start in range(0, len(las_pool), self.config.batch_size):
                 rows = slice(start, start + self.config.batch_size)
-                part = self._las_loss(las_pool.features[rows], las_pool.labels[rows])
+                part = self._las_loss(las_pool.features[rows], las_pool.labels[rows],
+                                      (adaptor, discriminator))
                 las_total += part.item() * las_pool.features[rows].shape[0]
             loss += las_total / len(las_pool)
         return loss
