@@ -86,7 +86,7 @@ class GASConfig:
     # run
     seed: int = 0
     device: str = "auto"
-    amp: bool = True  # bf16 backbone on CUDA; bf16 discriminator in training on CUDA or bf16 CPUs
+    amp: bool = True  # bf16 backbone on CUDA; bf16 head products in training on CUDA or bf16 CPUs
     feature_cache_dir: str | None = None
     profile: str = "custom"
     extra: dict[str, Any] = field(default_factory=dict)

@@ -54,7 +54,7 @@ def environment_info() -> dict[str, Any]:
         here = Path(__file__).resolve().parent
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, timeout=5, cwd=here).stdout.strip() or None
-        if commit:  # "-dirty": the code that ran differs from the commit in tracked files
+        if commit:  # "-dirty": tracked files of the checkout differ from that commit
             changes = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
                                      capture_output=True, text=True, timeout=5, cwd=here)
             commit += "-dirty" if changes.stdout.strip() else ""

@@ -74,8 +74,8 @@ def config_table(config: GASConfig) -> pd.DataFrame:
     """The settings a reader needs to understand a run, as a two-column table."""
     keys = ("profile", "backbone", "embedding", "image_size", "center_crop", "target_embed_dim",
             "disc_hidden", "epochs", "batch_size", "adaptor_optimizer", "adaptor_lr",
-            "disc_optimizer", "disc_lr", "noise_std", "eta", "n_step", "n_proj", "r1", "r2",
-            "variant", "selection", "seed", "device")
+            "disc_optimizer", "disc_lr", "lr_schedule", "ema_decay", "noise_std", "eta", "n_step",
+            "n_proj", "r1", "r2", "variant", "selection", "seed", "device")
     values = config.to_dict()
     rows = [(k, values[k]) for k in keys]
     rows.append(("device used", str(GASDetector(config).device)))

@@ -299,7 +299,8 @@ class GASDetector:
                     "schedulers": [scheduler.state_dict() for scheduler in schedulers],
                     "cpu_gen": cpu_gen.get_state(), "dev_gen": dev_gen.get_state().cpu(),
                     **({"las_gen": las_gen.get_state()} if self.uses_las else {}),
-                    **({"average": self._average.state_dict()} if self._average else {}),
+                    **({"average": self._average.state_dict()}
+                       if self._average is not None else {}),
                     "history": rows, "best_score": best["score"], "best_epoch": best["epoch"],
                     "best_state": best["state"], **self._centre_state(),
                 }, ckpt_path)
@@ -313,6 +314,8 @@ class GASDetector:
             final = best["state"]
         self._average = None
         self._load_head_state(final)
+        if self.variant == "hypersphere":  # centres of the heads kept, not of the last step's
+            self._update_centres(train_feats)
         self.adaptor.eval()
         self.discriminator.eval()
         self.timings["train_seconds"] = time.perf_counter() - fit_started
@@ -525,11 +528,12 @@ class GASDetector:
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _epoch: 1.0)
 
     def _head_autocast(self) -> torch.autocast:
-        """bf16 for the discriminator's matrix products while training, where it is native.
+        """bf16 for the heads' matrix products while training, where it is native.
 
-        Only the discriminator runs in bf16: features, GAS offsets and projections stay float32
-        (a bf16 feature of norm ~80 would be quantised to ~0.5), and scoring stays float32.
-        On CPUs without native bf16 it would be slower, so it is off there.
+        The adaptor's and the discriminator's products run in bf16; features, the adaptor's
+        output, GAS offsets and projections stay float32 (a bf16 feature of norm ~80 would be
+        quantised to ~0.5), and scoring stays float32. On CPUs without native bf16 it would be
+        slower, so it is off there.
         """
         native = self.device.type == "cuda" or (
             self.device.type == "cpu" and bool(getattr(torch.cpu, "_is_avx512_bf16_supported",

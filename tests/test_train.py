@@ -168,8 +168,19 @@ def test_a_fit_with_weight_averaging_scores_with_the_average(synthetic_root):
     train = load_split(synthetic_root, "plate", "train")
     test = load_split(synthetic_root, "plate", "test")[:4]
     plain = GASDetector(tiny_config(epochs=3, ema_decay=0.0)).fit(train, progress=False)
-    averaged = GASDetector(tiny_config(epochs=3, ema_decay=0.9)).fit(train, progress=False)
+    seen = {}
+
+    def keep_last_average(detector, epoch):
+        if epoch == 3:
+            seen["adaptor"] = {k: v.clone() for k, v in
+                               detector._average.modules[0].state_dict().items()}
+        return {}
+
+    averaged = GASDetector(tiny_config(epochs=3, ema_decay=0.9)).fit(
+        train, epoch_callback=keep_last_average, progress=False)
     assert averaged._average is None  # folded into the heads once the fit ends
+    for key, value in averaged.adaptor.state_dict().items():
+        assert torch.equal(value, seen["adaptor"][key]), key
     weight = averaged.adaptor.linear.weight
     assert not torch.allclose(weight, plain.adaptor.linear.weight)
     scores, maps = averaged.score(test)
