@@ -15,7 +15,9 @@ Groups and what they vary (values relative to the base profile unless stated):
 - ``settings``: the starting project's GAS and optimiser settings vs the GLASS reference
   code's (``PRESETS["seed"]`` vs ``PRESETS["glass"]``), on this profile's features;
 - ``synthesis``: GAS only vs LAS only vs GAS + LAS (full GLASS);
-- ``texture``: the LAS texture source (offline ``procedural`` noise vs other ``train_images``).
+- ``texture``: the LAS texture source (offline ``procedural`` noise vs other ``train_images``),
+  and LAS masks on the whole image vs on the object only (``las_foreground``, the reference's
+  MPDD setting); whichever the profile does not use is the variant.
 
 LAS runs share one LAS pool per texture source (made and embedded once, like the features),
 and its cost is reported next to each run's training time.
@@ -57,7 +59,7 @@ SETTING_KEYS = ("noise_std", "eta", "n_step", "n_proj", "r1", "r2", "adaptor_opt
                 "adaptor_lr", "adaptor_weight_decay", "disc_optimizer", "disc_lr",
                 "disc_weight_decay")
 PARAM_COLUMNS = ("r1", "r2", "eta", "n_step", "n_proj", "noise_std", "variant", "adaptor_lr",
-                 "disc_lr", "disc_optimizer", "synthesis", "texture_source")
+                 "disc_lr", "disc_optimizer", "synthesis", "texture_source", "las_foreground")
 SETTINGS_LABELS = {"seed": "starting project", "glass": "GLASS reference"}
 
 # Multipliers of the base value per grid; the radii are (r1 factor, r2 factor) pairs.
@@ -127,6 +129,10 @@ def plan(base: GASConfig, grid: str | None = None, epochs: int | None = None) ->
     for source in OFFLINE_TEXTURES:
         rows.append(dict(group="texture", label=f"{las_synthesis}, {source} textures",
                          overrides=dict(synthesis=las_synthesis, texture_source=source)))
+    where = "the whole image" if base.las_foreground else "the object only"
+    rows.append(dict(group="texture", label=f"{las_synthesis}, masks on {where}",
+                     overrides=dict(synthesis=las_synthesis,
+                                    las_foreground=not base.las_foreground)))
 
     seen = {_key(base)}
     kept = [rows[0]]
@@ -179,7 +185,7 @@ def run(variants: pd.DataFrame, base: GASConfig, train_samples: Sequence[Sample]
     test_features = probe.embed(test_samples, progress=progress)
     if base.variant == "auto":  # the spectral choice, made once for every run
         base = base.replace(variant=probe.choose_variant(train_images).decision)
-    pools: dict[tuple[str, int], LASPool] = {}
+    pools: dict[tuple[str, int, bool], LASPool] = {}
     size, crop = base.image_size, base.center_crop
     labels = np.array([s.label for s in test_samples])
     masks = np.stack([load_mask(s.mask_path, size, crop).numpy() for s in test_samples])
@@ -211,12 +217,12 @@ def run(variants: pd.DataFrame, base: GASConfig, train_samples: Sequence[Sample]
     return _order(pd.DataFrame(rows))
 
 
-def _las_pool(pools: dict[tuple[str, int], LASPool], probe: GASDetector, config: GASConfig,
+def _las_pool(pools: dict[tuple[str, int, bool], LASPool], probe: GASDetector, config: GASConfig,
               train_images: torch.Tensor, progress: bool) -> LASPool | None:
-    """The LAS pool for this run's texture source, built on first use and then shared."""
+    """The LAS pool for this run's texture source and masks, built on first use, then shared."""
     if config.synthesis == "gas":
         return None
-    key = (config.texture_source, config.las_variants)
+    key = (config.texture_source, config.las_variants, config.las_foreground)
     if key not in pools:
         pools[key] = build_las_pool(probe.extractor, train_images, config, device=probe.device,
                                     progress=progress)
@@ -333,7 +339,9 @@ def synthesis_table(results: pd.DataFrame, base: GASConfig) -> pd.DataFrame:
     """GAS vs LAS vs GAS+LAS and the texture sources side by side, with the time each took."""
     part = results[results["group"].isin(["baseline", "synthesis", "texture"])].copy()
     part["synthesis"] = part["synthesis"].fillna(base.synthesis)
-    part["textures"] = np.where(part["synthesis"] == "gas", "-", part["texture_source"])
+    whole = ~part["las_foreground"].fillna(True).astype(bool)
+    part["textures"] = np.where(part["synthesis"] == "gas", "-", part["texture_source"]
+                                + np.where(whole, ", whole image", ""))
     part["seconds"] = (part["train_seconds"] + part["las_pool_seconds"].fillna(0.0)).round(1)
     part = part.drop_duplicates(subset=["synthesis", "textures"])
     order = {name: i for i, name in enumerate(SYNTHESES)}

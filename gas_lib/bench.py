@@ -180,7 +180,8 @@ def _las_rows(detector: GASDetector, config: GASConfig, images: torch.Tensor, fi
 
         def read_las_and_recompute(idx: torch.Tensor) -> torch.Tensor:
             batch = detector.read_images([files[i] for i in idx.tolist()])
-            las_images, masks = make_las_images(batch, 1, textures, rng, idx.tolist())
+            las_images, masks = make_las_images(batch, 1, textures, rng, idx.tolist(),
+                                                las_config.las_foreground)
             both = torch.cat([batch, las_images]).to(device)
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 feats = detector.extractor(both).float()

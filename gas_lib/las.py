@@ -84,25 +84,68 @@ def _random_noise(size: tuple[int, int], rng: np.random.Generator, rotate: bool)
 
 
 def perlin_mask(size: int | tuple[int, int], rng: np.random.Generator, threshold: float = 0.5,
-                rotate: bool = True, max_tries: int = MASK_RETRIES) -> np.ndarray:
+                rotate: bool = True, max_tries: int = MASK_RETRIES,
+                foreground: np.ndarray | None = None) -> np.ndarray:
     """A non-empty bool mask [H, W]: two thresholded Perlin maps, union / intersection / one.
 
-    Each map has its own random scale per axis (2^0..2^5) and rotation. An empty mask is redrawn
-    up to ``max_tries`` times; after that the top 2 % of the last map is used, so the function
-    always returns some anomaly.
+    Each map has its own random scale per axis (2^0..2^5) and rotation. With ``foreground``
+    (bool [H, W]) the mask is cut to it, as the reference does with its foreground masks. An
+    empty mask is redrawn up to ``max_tries`` times; after that the top 2 % of the last map
+    (within the foreground) is used, so the function always returns some anomaly.
     """
     shape = (size, size) if isinstance(size, int) else tuple(size)
+    allowed = np.ones(shape, dtype=bool) if foreground is None else np.asarray(foreground, bool)
     noise = np.zeros(shape)
     for _ in range(max_tries):
         first = _random_noise(shape, rng, rotate)  # type: ignore[arg-type]
         second = _random_noise(shape, rng, rotate)  # type: ignore[arg-type]
         a, b = first > threshold, second > threshold
         choice = rng.integers(0, 3)
-        mask = a | b if choice == 0 else (a & b if choice == 1 else a)
+        mask = (a | b if choice == 0 else (a & b if choice == 1 else a)) & allowed
         noise = first
         if mask.any():
             return mask
-    return noise >= np.quantile(noise, 0.98)
+    if not allowed.any():
+        allowed = np.ones(shape, dtype=bool)
+    return (noise >= np.quantile(noise[allowed], 0.98)) & allowed
+
+
+def foreground_mask(image: torch.Tensor | np.ndarray, border: int = 4, min_fraction: float = 0.02,
+                    max_fraction: float = 0.98) -> np.ndarray:
+    """Where the object is in an image [3, H, W] (values in [0, 1]) shot on a plain background.
+
+    The reference's MPDD script pastes LAS textures on the object only, using foreground masks
+    it ships separately; this estimates one from the image itself: the colour distance of each
+    pixel to the median colour of the image border, thresholded with Otsu's method, then
+    cleaned with a small opening and closing. When that does not split the image into a clear
+    object and background (less than ``min_fraction`` or more than ``max_fraction`` of it, e.g.
+    a texture filling the frame) the whole image counts as foreground.
+    """
+    array = np.asarray(image, dtype=np.float64)
+    h, w = array.shape[-2:]
+    frame = np.concatenate([array[:, :border].reshape(3, -1), array[:, -border:].reshape(3, -1),
+                            array[:, :, :border].reshape(3, -1),
+                            array[:, :, -border:].reshape(3, -1)], axis=1)
+    background = np.median(frame, axis=1)
+    distance = np.sqrt(((array - background[:, None, None]) ** 2).sum(axis=0))
+    mask = distance > _otsu_threshold(distance)
+    mask = ndimage.binary_closing(ndimage.binary_opening(mask, iterations=2), iterations=2)
+    if not min_fraction <= mask.mean() <= max_fraction:
+        return np.ones((h, w), dtype=bool)
+    return mask
+
+
+def _otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """The threshold that maximises the between-class variance of ``values`` (Otsu, 1979)."""
+    counts, edges = np.histogram(values, bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight_low = np.cumsum(counts)
+    weight_high = weight_low[-1] - weight_low
+    sum_low = np.cumsum(counts * centres)
+    mean_low = sum_low / np.maximum(weight_low, 1)
+    mean_high = (sum_low[-1] - sum_low) / np.maximum(weight_high, 1)
+    between = weight_low * weight_high * (mean_low - mean_high) ** 2
+    return float(centres[int(np.argmax(between))])
 
 
 def patch_labels(mask: torch.Tensor | np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
@@ -311,12 +354,13 @@ def texture_source(config: GASConfig, train_images: torch.Tensor | None = None
 
 # --- LAS images -------------------------------------------------------------------------------
 def make_las_images(images: torch.Tensor, n_variants: int, textures: TextureSource,
-                    rng: np.random.Generator, indices: Sequence[int] | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+                    rng: np.random.Generator, indices: Sequence[int] | None = None,
+                    foreground: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``n_variants`` LAS images per image [N, 3, S, S] -> ([N*V, 3, S, S], bool [N*V, S, S]).
 
     Variants of one image are consecutive. ``indices`` are the images' positions in the
-    training set (so ``train_images`` textures skip the image itself).
+    training set (so ``train_images`` textures skip the image itself). ``foreground``: masks
+    only on each image's object (``foreground_mask``).
     """
     size = images.shape[-1]
     out = torch.empty(images.shape[0] * n_variants, *images.shape[1:], dtype=images.dtype)
@@ -324,8 +368,10 @@ def make_las_images(images: torch.Tensor, n_variants: int, textures: TextureSour
     row = 0
     for i in range(images.shape[0]):
         image = images[i].cpu()
+        allowed = foreground_mask(image.numpy()) if foreground else None
         for _ in range(n_variants):
-            mask = torch.from_numpy(perlin_mask(tuple(images.shape[-2:]), rng))
+            mask = torch.from_numpy(perlin_mask(tuple(images.shape[-2:]), rng,
+                                                foreground=allowed))
             texture = textures.sample(rng, size, exclude=None if indices is None else indices[i])
             out[row] = blend(image, texture.to(image.dtype), mask, sample_beta(rng))
             masks[row] = mask
@@ -431,7 +477,8 @@ def build_las_pool(detector_or_extractor: Any, images: torch.Tensor, config: GAS
     for start in tqdm(starts, desc="LAS pool", disable=not progress, leave=False):
         part = images[start:start + chunk]
         idx = list(range(start, start + part.shape[0]))
-        las_images, las_masks = make_las_images(part, config.las_variants, textures, rng, idx)
+        las_images, las_masks = make_las_images(part, config.las_variants, textures, rng, idx,
+                                                config.las_foreground)
         feats.append(compute_features(extractor, las_images, device, batch_size=batch,
                                       amp=config.amp, progress=False))
         labels.append(patch_labels(las_masks, grid))
@@ -465,7 +512,7 @@ def preview(config: GASConfig, images: torch.Tensor, n_images: int = 4,
     textures = texture_source(config, images)
     part = images[:n_images]
     las_images, masks = make_las_images(part, config.las_variants, textures, rng,
-                                        list(range(part.shape[0])))
+                                        list(range(part.shape[0])), config.las_foreground)
     size = images.shape[-1]
     grid = grid or (max(1, size // 8), max(1, size // 8))
     return LASPreview(part, las_images, masks, patch_labels(masks, grid), grid, textures.name)

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from gas_lib.backbone import FeatureExtractor
 from gas_lib.config import GASConfig
 from gas_lib.data import load_split
-from gas_lib.las import (TextureUnavailable, blend, build_las_pool, focal_loss, make_las_images,
-                         patch_labels, perlin_mask, perlin_noise, procedural_texture, rotate_map,
-                         texture_source)
+from gas_lib.las import (ProceduralTextures, TextureUnavailable, blend, build_las_pool,
+                         focal_loss, foreground_mask, make_las_images, patch_labels, perlin_mask,
+                         perlin_noise, procedural_texture, rotate_map, texture_source)
 from gas_lib.train import CHECKPOINT_NAME, GASDetector
 
 from conftest import tiny_config
@@ -279,3 +279,57 @@ def test_cli_train_with_gas_las(synthetic_root, tmp_path):
     assert metrics["synthesis"] == "gas+las" and metrics["config"]["synthesis"] == "gas+las"
     assert metrics["variant"] in ("manifold", "hypersphere") and metrics["spectral"]["n_points"] >= 0
     assert metrics["las_pool_size"] == 12 * 2 and metrics["las_pool_seconds"] > 0
+
+
+def _object_on_background(size: int = 64, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
+    """A blue square (the object) on a noisy light-grey background, and the square's mask."""
+    rng = np.random.default_rng(seed)
+    image = np.clip(0.65 + 0.03 * rng.standard_normal((3, size, size)), 0, 1)
+    square = np.zeros((size, size), dtype=bool)
+    square[16:48, 20:52] = True
+    image[:, square] = np.array([0.1, 0.2, 0.8])[:, None]
+    return torch.from_numpy(image.astype(np.float32)), square
+
+
+def test_foreground_mask_finds_the_object_on_a_plain_background():
+    image, square = _object_on_background()
+    found = foreground_mask(image)
+    iou = (found & square).sum() / (found | square).sum()
+    assert iou > 0.9
+
+
+def test_foreground_mask_is_the_whole_image_without_a_plain_background():
+    texture = torch.from_numpy(np.random.default_rng(1).random((3, 64, 64)).astype(np.float32))
+    assert foreground_mask(texture).all()
+
+
+def test_perlin_masks_stay_on_the_foreground_and_are_never_empty():
+    _, square = _object_on_background()
+    for seed in range(20):
+        mask = perlin_mask(64, np.random.default_rng(seed), foreground=square)
+        assert mask.any() and not (mask & ~square).any()
+    speck = np.zeros((64, 64), dtype=bool)
+    speck[30:32, 30:32] = True
+    mask = perlin_mask(64, np.random.default_rng(0), foreground=speck, max_tries=2)
+    assert mask.any() and not (mask & ~speck).any()
+
+
+def test_las_images_with_foreground_leave_the_background_untouched():
+    image, square = _object_on_background()
+    las_images, masks = make_las_images(image[None], 3, ProceduralTextures(),
+                                        np.random.default_rng(2), foreground=True)
+    outside = ~torch.from_numpy(foreground_mask(image))
+    assert not (masks & outside).any()
+    for las_image in las_images:
+        assert torch.equal(las_image[:, outside], image[:, outside])
+
+
+def test_the_ablation_compares_las_masks_on_the_object_and_on_the_whole_image():
+    from gas_lib import ablation
+
+    for foreground, label in ((False, "gas+las, masks on the object only"),
+                              (True, "gas+las, masks on the whole image")):
+        variants = ablation.plan(GASConfig.preset("cpu", las_foreground=foreground), grid="tiny")
+        texture = variants[variants["group"] == "texture"]
+        assert any(o.get("las_foreground") is (not foreground) for o in texture["overrides"])
+        assert label in set(texture["label"])
