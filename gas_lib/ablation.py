@@ -339,9 +339,9 @@ def synthesis_table(results: pd.DataFrame, base: GASConfig) -> pd.DataFrame:
     """GAS vs LAS vs GAS+LAS and the texture sources side by side, with the time each took."""
     part = results[results["group"].isin(["baseline", "synthesis", "texture"])].copy()
     part["synthesis"] = part["synthesis"].fillna(base.synthesis)
-    whole = ~part["las_foreground"].fillna(True).astype(bool)
+    on_object = part["las_foreground"].fillna(False).astype(bool)
     part["textures"] = np.where(part["synthesis"] == "gas", "-", part["texture_source"]
-                                + np.where(whole, ", whole image", ""))
+                                + np.where(on_object, ", object only", ""))
     part["seconds"] = (part["train_seconds"] + part["las_pool_seconds"].fillna(0.0)).round(1)
     part = part.drop_duplicates(subset=["synthesis", "textures"])
     order = {name: i for i, name in enumerate(SYNTHESES)}

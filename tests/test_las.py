@@ -333,3 +333,21 @@ def test_the_ablation_compares_las_masks_on_the_object_and_on_the_whole_image():
         texture = variants[variants["group"] == "texture"]
         assert any(o.get("las_foreground") is (not foreground) for o in texture["overrides"])
         assert label in set(texture["label"])
+
+
+def test_the_synthesis_table_names_object_only_las_masks():
+    import pandas as pd
+
+    from gas_lib import ablation
+
+    metrics = dict(image_auroc=1.0, pixel_auroc=0.9, aupro=0.8, image_ap=1.0, pixel_ap=0.7)
+    rows = [dict(group="baseline", label="baseline", synthesis="gas", texture_source="procedural",
+                 las_foreground=False, train_seconds=1.0, las_pool_seconds=0.0, **metrics),
+            dict(group="synthesis", label="gas+las", synthesis="gas+las",
+                 texture_source="procedural", las_foreground=False, train_seconds=2.0,
+                 las_pool_seconds=1.0, **metrics),
+            dict(group="texture", label="object", synthesis="gas+las",
+                 texture_source="procedural", las_foreground=True, train_seconds=2.0,
+                 las_pool_seconds=1.0, **metrics)]
+    table = ablation.synthesis_table(pd.DataFrame(rows), GASConfig.preset("cpu"))
+    assert list(table["textures"]) == ["-", "procedural", "procedural, object only"]
