@@ -19,8 +19,8 @@ Groups and what they vary (values relative to the base profile unless stated):
   and LAS masks on the whole image vs on the object only (``las_foreground``, the reference's
   MPDD setting); whichever the profile does not use is the variant.
 
-LAS runs share one LAS pool per texture source (made and embedded once, like the features),
-and its cost is reported next to each run's training time.
+LAS runs share one LAS pool per texture source and mask setting (made and embedded once, like
+the features), and its cost is reported next to each run's training time.
 """
 
 from __future__ import annotations

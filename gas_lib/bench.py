@@ -125,8 +125,6 @@ def run_benchmark(config: GASConfig, n_images: int = 32, data_root: str | None =
     cached_s, recompute_s, reference_s = epochs["cached"], epochs["recompute"], epochs["reference"]
     las_rows = _las_rows(detector, config, images, files, features, opt_a, opt_d, repeats)
     tmp.cleanup()
-    detector.adaptor.eval()
-    detector.discriminator.eval()
     infer_s = _timed(lambda: detector.score(images), device, repeats)
 
     rows = [

@@ -80,7 +80,7 @@ class GASConfig:
     # True: LAS masks only on the object, as the reference's MPDD script does (--fg 1), the
     # object estimated per image as what differs from the plain background
     # (las.foreground_mask). Off by default: on metal_plate it lowered gas+las pixel AUROC
-    # from ~0.97 to ~0.91 (README); the ablation compares both
+    # from 0.967-0.974 to 0.905-0.929 over three seeds (README); the ablation compares both
     las_foreground: bool = False
     # model selection: "last" epoch, held-out "validation" split of train/good, or "oracle"
     # (best image + pixel AUROC on the test split, as the paper did; labelled wherever shown)
