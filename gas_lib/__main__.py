@@ -1,4 +1,4 @@
-"""Command line: ``python -m gas_lib train ...`` and ``python -m gas_lib bench ...``."""
+"""Command line: ``python -m gas_lib train ...``, ``validate ...`` and ``bench ...``."""
 
 from __future__ import annotations
 
@@ -65,6 +65,25 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     train.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="any config field")
 
+    validate = sub.add_parser(
+        "validate", help="compare settings without the test split: fit on part of train/good, "
+        "score the held-out images with synthetic defects (never reads test/)")
+    validate.add_argument("--data-root", required=True, help="folder holding <category>/train/good")
+    validate.add_argument("--category", required=True)
+    validate.add_argument("--profile", default="auto", choices=profiles)
+    validate.add_argument("--config", help="a config JSON file (replaces --profile)")
+    validate.add_argument("--epochs", type=int)
+    validate.add_argument("--seed", type=int)
+    validate.add_argument("--device")
+    validate.add_argument("--image-size", type=int)
+    _add_las_options(validate)
+    validate.add_argument("--fraction", type=float, default=0.2,
+                          help="share of train/good held out (default 0.2)")
+    validate.add_argument("--copies", type=int, default=2,
+                          help="defective copies per held-out image and defect kind")
+    validate.add_argument("--out", help="write the table here as JSON")
+    validate.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="any config field")
+
     bench = sub.add_parser("bench", help="speed and memory table on the current device")
     bench.add_argument("--profile", default="auto", choices=profiles)
     bench.add_argument("--images", type=int, default=32)
@@ -81,6 +100,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _validate(args: argparse.Namespace, config: GASConfig) -> None:
+    from .data import load_split
+    from .report import write_json
+    from .tuning import validate
+
+    table = validate(config, load_split(args.data_root, args.category, "train"),
+                     fraction=args.fraction, copies=args.copies)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if args.out:
+        write_json({"category": args.category, "config": config.to_dict(),
+                    "fraction": args.fraction, "copies": args.copies,
+                    "rows": table.to_dict(orient="records")}, args.out)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -94,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                     "train_seconds", "eval_seconds")
             print(json.dumps({k: result[k] for k in keys}, indent=2))
             print(f"selection: {result['selection_label']}; artefacts in {Path(args.out)}")
+        elif args.command == "validate":
+            _validate(args, config)
         else:
             from .bench import main as bench_main
 

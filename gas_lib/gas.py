@@ -53,17 +53,22 @@ def synthesize(discriminator: Discriminator, anchors: torch.Tensor, shell: Shell
 
     ``n_step`` normalised gradient-ascent steps of size ``eta`` on ``BCE(D(g), 1)``, the norm
     taken per patch; a truncated projection every ``n_proj`` steps and after the last step, so
-    the result always lies in the shell.
+    the result always lies in the shell. ``D`` scores ``g`` in one BatchNorm batch with the
+    anchors (``Discriminator.logits_in_context``), as the reference scores
+    ``cat([normal, synthetic])`` at every step.
     """
     anchors = anchors.detach()
     noise = torch.randn(anchors.shape, generator=generator, device=anchors.device,
                         dtype=anchors.dtype)
     synthetic = anchors + config.noise_std * noise
     target = torch.ones(anchors.shape[0], device=anchors.device, dtype=anchors.dtype)
+    with torch.no_grad():
+        context = discriminator.first_layer(anchors)
     with torch.enable_grad():
         for step in range(1, config.n_step + 1):
             synthetic.requires_grad_(True)
-            loss = F.binary_cross_entropy_with_logits(discriminator.logits(synthetic), target)
+            logits = discriminator.logits_in_context(synthetic, context)
+            loss = F.binary_cross_entropy_with_logits(logits, target)
             (grad,) = torch.autograd.grad(loss, synthetic)
             grad_norm = grad.norm(dim=-1, keepdim=True).clamp_min(_EPS)
             synthetic = synthetic.detach().addcmul(grad, grad_norm.reciprocal(), value=config.eta)

@@ -54,6 +54,22 @@ class Discriminator(nn.Module):
         hidden = torch.cat([first(trained), first(fixed.detach())])
         return rest(hidden).squeeze(-1)
 
+    def first_layer(self, features: torch.Tensor) -> torch.Tensor:
+        """The first linear layer's output (before BatchNorm), e.g. as ``context`` below."""
+        return self.body[0](features)
+
+    def logits_in_context(self, features: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Logits [N] of ``features`` with BatchNorm over them *and* the ``context`` patches.
+
+        ``context`` is ``first_layer(normal patches)``, computed once. The gradient ascent of
+        GAS scores its synthetic patches this way, as the reference scores
+        ``cat([normal, synthetic])``: BatchNorm over the synthetic patches alone would
+        normalise away any shift they share, hiding the direction back towards normal.
+        """
+        rest = self.body[1:]
+        hidden = torch.cat([context, self.body[0](features)])
+        return rest(hidden).squeeze(-1)[context.shape[0]:]
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(features))
 

@@ -26,8 +26,9 @@ def synthetic_root(tmp_path_factory) -> Path:
 
 
 def tiny_config(**overrides) -> GASConfig:
-    """The ``cpu`` profile shrunk to seconds: 64 px images, small heads, few epochs."""
+    """The ``cpu`` profile shrunk to seconds: 64 px images, small heads, few epochs, and GAS
+    alone unless ``synthesis`` is given (tests that need LAS ask for it)."""
     values = dict(image_size=64, pretrain_embed_dim=64, target_embed_dim=64, disc_hidden=64,
-                  epochs=3, batch_size=4, device="cpu")
+                  epochs=3, batch_size=4, device="cpu", synthesis="gas")
     values.update(overrides)
     return GASConfig.preset("cpu", **values)

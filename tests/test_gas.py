@@ -88,3 +88,17 @@ def test_gas_losses_are_the_two_bce_terms():
     expected_a = -torch.log(disc(synthetic)).mean()
     assert loss_n.item() == pytest.approx(expected_n.item(), rel=1e-5)
     assert loss_a.item() == pytest.approx(expected_a.item(), rel=1e-5)
+
+
+def test_ascent_scores_synthetic_patches_in_one_batchnorm_batch_with_the_normal_ones():
+    """As the reference scores cat([normal, synthetic]): BatchNorm over the synthetic patches
+    alone would normalise away a shift they all share, so the ascent could not see it."""
+    torch.manual_seed(0)
+    disc = Discriminator(8, 16).train()
+    normal, synthetic = torch.randn(6, 8), torch.randn(5, 8) + 1
+    context = disc.first_layer(normal)
+    joint = disc.logits(torch.cat([normal, synthetic]))[6:]
+    assert torch.allclose(disc.logits_in_context(synthetic, context), joint, atol=1e-5)
+    assert torch.allclose(disc.logits(synthetic + 5.0), disc.logits(synthetic), atol=1e-4)
+    assert not torch.allclose(disc.logits_in_context(synthetic + 5.0, context),
+                              disc.logits_in_context(synthetic, context), atol=1e-2)

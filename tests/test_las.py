@@ -137,8 +137,8 @@ def test_hard_selection_keeps_the_intended_fraction():
 
 
 # --- config -----------------------------------------------------------------------------------
-def test_config_defaults_keep_gas_and_presets_set_las():
-    assert GASConfig().synthesis == "gas" and GASConfig.preset("cpu").synthesis == "gas"
+def test_config_default_is_gas_and_presets_set_their_synthesis():
+    assert GASConfig().synthesis == "gas" and GASConfig.preset("cpu").synthesis == "gas+las"
     assert GASConfig.preset("seed").synthesis == "gas"
     assert GASConfig.preset("glass").synthesis == "gas+las"
     assert GASConfig.preset("cpu").las_variants == 2

@@ -1,0 +1,84 @@
+"""Honest comparison of settings: held-out train/good images with synthetic defects."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from gas_lib.__main__ import main
+from gas_lib.data import load_images, load_split
+from gas_lib.tuning import (DEFECT_KINDS, compare, holdout_split, make_defects, stroke_mask,
+                            validate)
+
+from conftest import tiny_config
+
+
+def test_holdout_split_is_a_fixed_partition():
+    fit, held = holdout_split(54, 0.2)
+    assert len(held) == 11 and len(fit) == 43
+    assert sorted(np.r_[fit, held].tolist()) == list(range(54))
+    again_fit, again_held = holdout_split(54, 0.2)
+    assert (again_held == held).all() and (again_fit == fit).all()
+    assert not np.array_equal(holdout_split(54, 0.2, seed=1)[1], held)
+    with pytest.raises(ValueError, match="too few"):
+        holdout_split(2, 0.5)
+
+
+def test_stroke_masks_are_thin_curves_that_differ_by_seed():
+    masks = [stroke_mask(256, np.random.default_rng(seed)) for seed in range(20)]
+    coverage = np.array([m.mean() for m in masks])
+    assert all(m.dtype == bool and m.shape == (256, 256) for m in masks)
+    assert coverage.min() > 0.001 and coverage.max() < 0.08
+    assert len({m.tobytes() for m in masks}) == 20
+    assert np.array_equal(stroke_mask(256, np.random.default_rng(3)), masks[3])
+
+
+def test_defects_change_only_masked_pixels():
+    rng = torch.Generator().manual_seed(0)
+    good = torch.rand(2, 3, 64, 64, generator=rng)
+    fit_images = torch.rand(3, 3, 64, 64, generator=rng)
+    defects = make_defects(good, fit_images, copies=2)
+    assert defects.defective.shape == (2 * len(DEFECT_KINDS) * 2, 3, 64, 64)
+    assert sorted(set(defects.kinds)) == sorted(DEFECT_KINDS)
+    source = good.repeat_interleave(len(DEFECT_KINDS) * 2, dim=0)
+    outside = ~defects.masks[:, None].expand_as(source)
+    assert torch.equal(defects.defective[outside], source[outside])
+    assert all(defects.masks[i].any() for i in range(len(defects.masks)))
+    changed = (defects.defective - source).abs().sum(1) > 1e-6
+    assert changed[defects.masks].float().mean() > 0.5
+    assert defects.defective.min() >= 0 and defects.defective.max() <= 1
+
+
+def test_compare_scores_candidates_on_identical_defects(synthetic_root):
+    """Two candidates with the same config get identical numbers (same split, same defects,
+    seeded fit); a different config gets its own; every metric is a real probability."""
+    images = load_images([s.image_path for s in load_split(synthetic_root, "plate", "train")], 64)
+    table = compare(tiny_config(synthesis="gas+las", las_variants=1),
+                    {"base": {}, "again": {}, "gas only": {"synthesis": "gas"}}, images,
+                    fraction=0.25, progress=False)
+    assert list(table["candidate"].unique()) == ["base", "again", "gas only"]
+    assert set(table["defects"]) == {"all", *DEFECT_KINDS}
+    metrics = ["image_auroc", "pixel_auroc", "aupro", "pixel_ap"]
+    base, again = (table[table.candidate == c][metrics].to_numpy() for c in ("base", "again"))
+    np.testing.assert_allclose(base, again)
+    assert ((table[metrics] >= 0) & (table[metrics] <= 1)).all().all()
+    assert (table["fit_images"] == 9).all() and (table["held_out_images"] == 3).all()
+    assert (table["fit_seconds"] > 0).all()
+
+
+def test_validate_cli_never_reads_the_test_split(synthetic_root, tmp_path, capsys):
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root / "plate" / "train", root / "plate" / "train")
+    out = tmp_path / "validation.json"
+    code = main(["validate", "--data-root", str(root), "--category", "plate", "--profile", "cpu",
+                 "--epochs", "2", "--device", "cpu", "--fraction", "0.25", "--out", str(out),
+                 "--set", "image_size=64", "pretrain_embed_dim=64", "target_embed_dim=64",
+                 "disc_hidden=64"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "strokes" in printed and "pixel_auroc" in printed
+    record = json.loads(out.read_text())
+    assert record["config"]["image_size"] == 64 and len(record["rows"]) == 3
+
