@@ -111,8 +111,11 @@ PYEOF
 fi
 
 # --- one category -------------------------------------------------------------------------
+# The profile's resolved settings and the method's version, hashed: a finished notebook made
+# with other preset values or older method code is rerun, not reused.
+METHOD_STAMP="$("$PY" -c 'import sys; from gas_lib.config import fingerprint; print(fingerprint(sys.argv[1]))' "$PROFILE" 2>/dev/null || echo unknown)"
 settings_of() {  # what a finished notebook depends on; a change reruns it
-  echo "profile=$PROFILE epochs=$EPOCHS image_size=$IMAGE_SIZE grid=$ABLATION_GRID seed=$SEED data=$DATA_ABS"
+  echo "profile=$PROFILE($METHOD_STAMP) epochs=$EPOCHS image_size=$IMAGE_SIZE grid=$ABLATION_GRID seed=$SEED data=$DATA_ABS"
 }
 
 failure_reason() {  # the error a failed notebook raised, else the log's last line

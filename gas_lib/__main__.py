@@ -109,7 +109,7 @@ def _validate(args: argparse.Namespace, config: GASConfig) -> None:
                      fraction=args.fraction, copies=args.copies)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if args.out:
-        write_json({"category": args.category, "config": config.to_dict(),
+        write_json({"category": args.category, "config": table.attrs["config"],
                     "fraction": args.fraction, "copies": args.copies,
                     "rows": table.to_dict(orient="records")}, args.out)
 

@@ -19,8 +19,10 @@ Groups and what they vary (values relative to the base profile unless stated):
   and LAS masks on the whole image vs on the object only (``las_foreground``, the reference's
   MPDD setting); whichever the profile does not use is the variant.
 
-LAS runs share one LAS pool per texture source and mask setting (made and embedded once, like
-the features), and its cost is reported next to each run's training time.
+Every run keeps the base profile's synthesis unless it varies it: with a ``gas+las`` profile
+(``cpu``, ``glass``) the GAS sweeps train GAS + LAS, i.e. they ask which GAS settings matter
+within full GLASS. LAS runs share one LAS pool per texture source and mask setting (made and
+embedded once, like the features), and its cost is reported next to each run's training time.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import seaborn as sns
 import torch
 from matplotlib.figure import Figure
 
-from .config import PRESETS, GASConfig
+from .config import METHOD_VERSION, PRESETS, GASConfig
 from .data import Sample, load_mask
 from .evaluate import compute_metrics
 from .las import LASPool, build_las_pool
@@ -152,6 +154,7 @@ def _key(config: GASConfig) -> str:
     values = config.to_dict()
     for name in ("feature_cache_dir", "device", "profile", "extra"):
         values.pop(name, None)
+    values["method_version"] = METHOD_VERSION
     return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -15,6 +15,11 @@ from typing import Any
 
 import torch
 
+# Bumped whenever a change alters what a fit with the same config computes, so that checkpoints,
+# cached ablation runs and finished study notebooks from older code are not reused.
+# 2: the GAS ascent scores synthetic patches in one BatchNorm batch with the normal ones.
+METHOD_VERSION = 2
+
 BACKBONES = ("wide_resnet50_2", "efficientnet_lite0")
 EMBEDDINGS = ("reference", "avgpool_concat")
 VARIANTS = ("manifold", "hypersphere")
@@ -80,7 +85,8 @@ class GASConfig:
     # True: LAS masks only on the object, as the reference's MPDD script does (--fg 1), the
     # object estimated per image as what differs from the plain background
     # (las.foreground_mask). Off by default: on metal_plate it lowered gas+las pixel AUROC
-    # from 0.967-0.974 to 0.905-0.929 over three seeds (README); the ablation compares both
+    # from 0.967-0.974 to 0.905-0.929 over three seeds (README; measured with the earlier GAS
+    # ascent and cpu settings); the ablation compares both
     las_foreground: bool = False
     # model selection: "last" epoch, held-out "validation" split of train/good, or "oracle"
     # (best image + pixel AUROC on the test split, as the paper did; labelled wherever shown)
@@ -208,7 +214,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # images; README, "Choosing settings without the test split"); the earlier epoch count and
     # weight average were chosen on metal_plate test metrics (README: those numbers are
     # optimistic). The weight average (ema_decay) makes the honest last epoch a settled model:
-    # without it the last epoch's pixel AUROC varied by +-0.008 across seeds.
+    # without it the last epoch's pixel AUROC varied by +-0.008 across seeds (GAS alone, with
+    # the earlier ascent).
     "cpu": dict(
         backbone="efficientnet_lite0", embedding="reference", image_size=256,
         pretrain_embed_dim=384, target_embed_dim=384, disc_hidden=512,
@@ -217,6 +224,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         r1=16.0, r2=32.0, synthesis="gas+las", las_variants=2, ema_decay=0.99,
     ),
 }
+
+
+def fingerprint(profile: str) -> str:
+    """A short hash of a profile's resolved settings and ``METHOD_VERSION``: what a finished
+    study notebook depends on beyond its parameters (``run_all.sh`` compares it)."""
+    import hashlib
+
+    text = json.dumps([METHOD_VERSION, GASConfig.preset(profile).to_dict()], sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
 def resolve_device(name: str = "auto") -> torch.device:

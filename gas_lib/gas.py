@@ -48,22 +48,26 @@ def hypersphere_shell(centres: torch.Tensor, radius: float, scale: tuple[float, 
 
 
 def synthesize(discriminator: Discriminator, anchors: torch.Tensor, shell: Shell,
-               config: GASConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+               config: GASConfig, generator: torch.Generator | None = None,
+               context: torch.Tensor | None = None) -> torch.Tensor:
     """Return GAS features [N, D] for the normal features ``anchors`` (gradients not kept).
 
     ``n_step`` normalised gradient-ascent steps of size ``eta`` on ``BCE(D(g), 1)``, the norm
     taken per patch; a truncated projection every ``n_proj`` steps and after the last step, so
     the result always lies in the shell. ``D`` scores ``g`` in one BatchNorm batch with the
     anchors (``Discriminator.logits_in_context``), as the reference scores
-    ``cat([normal, synthetic])`` at every step.
+    ``cat([normal, synthetic])`` at every step; ``context`` is ``first_layer(anchors)`` when
+    the caller has it already (computed here otherwise).
     """
     anchors = anchors.detach()
     noise = torch.randn(anchors.shape, generator=generator, device=anchors.device,
                         dtype=anchors.dtype)
     synthetic = anchors + config.noise_std * noise
     target = torch.ones(anchors.shape[0], device=anchors.device, dtype=anchors.dtype)
-    with torch.no_grad():
-        context = discriminator.first_layer(anchors)
+    if context is None and discriminator.training:  # eval mode: running statistics, no context
+        with torch.no_grad():
+            context = discriminator.first_layer(anchors)
+    context = context.detach() if context is not None else None
     with torch.enable_grad():
         for step in range(1, config.n_step + 1):
             synthetic.requires_grad_(True)
@@ -77,10 +81,11 @@ def synthesize(discriminator: Discriminator, anchors: torch.Tensor, shell: Shell
     return synthetic.detach()
 
 
-def gas_losses(discriminator: Discriminator, normal: torch.Tensor, synthetic: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``BCE(D(t), 0)`` and ``BCE(D(g), 1)``, from one discriminator pass over both sets."""
-    logits = discriminator.joint_logits(normal, synthetic)
+def gas_losses(discriminator: Discriminator, normal: torch.Tensor, synthetic: torch.Tensor,
+               normal_hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``BCE(D(t), 0)`` and ``BCE(D(g), 1)``, from one discriminator pass over both sets
+    (``normal_hidden``: ``first_layer(normal)`` with its graph, when already computed)."""
+    logits = discriminator.joint_logits(normal, synthetic, normal_hidden)
     n = normal.shape[0]
     loss_normal = F.binary_cross_entropy_with_logits(logits[:n], torch.zeros_like(logits[:n]))
     loss_anomaly = F.binary_cross_entropy_with_logits(logits[n:], torch.ones_like(logits[n:]))

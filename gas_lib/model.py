@@ -43,32 +43,44 @@ class Discriminator(nn.Module):
         """Pre-sigmoid scores [N]; the losses use these for numerical stability."""
         return self.body(features).squeeze(-1)
 
-    def joint_logits(self, trained: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+    def joint_logits(self, trained: torch.Tensor, fixed: torch.Tensor,
+                     trained_hidden: torch.Tensor | None = None) -> torch.Tensor:
         """``logits(cat([trained, fixed]))`` with BatchNorm over both sets, as one batch.
 
         ``fixed`` gets no input gradient (GAS features are constants of the loss), so the first
         layer runs on each set apart and its backward pass skips the fixed half's input
-        gradient (a quarter of that layer's backward products).
+        gradient (a quarter of that layer's backward products). ``trained_hidden``:
+        ``first_layer(trained)`` when the caller already has it (with its graph).
         """
         first, rest = self.body[0], self.body[1:]
-        hidden = torch.cat([first(trained), first(fixed.detach())])
+        if trained_hidden is None:
+            trained_hidden = first(trained)
+        hidden = torch.cat([trained_hidden, first(fixed.detach())])
         return rest(hidden).squeeze(-1)
 
     def first_layer(self, features: torch.Tensor) -> torch.Tensor:
         """The first linear layer's output (before BatchNorm), e.g. as ``context`` below."""
         return self.body[0](features)
 
-    def logits_in_context(self, features: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def logits_in_context(self, features: torch.Tensor, context: torch.Tensor | None
+                          ) -> torch.Tensor:
         """Logits [N] of ``features`` with BatchNorm over them *and* the ``context`` patches.
 
         ``context`` is ``first_layer(normal patches)``, computed once. The gradient ascent of
         GAS scores its synthetic patches this way, as the reference scores
         ``cat([normal, synthetic])``: BatchNorm over the synthetic patches alone would
-        normalise away any shift they share, hiding the direction back towards normal.
+        normalise away any shift they share, hiding the direction back towards normal. In eval
+        mode BatchNorm uses its running statistics and the context (may be None) changes nothing.
         """
-        rest = self.body[1:]
-        hidden = torch.cat([context, self.body[0](features)])
-        return rest(hidden).squeeze(-1)[context.shape[0]:]
+        if not self.training:
+            return self.logits(features)
+        if context is None:
+            raise ValueError("logits_in_context in training mode needs the normal patches' "
+                             "first_layer output as context")
+        first, norm, activation, last = self.body
+        # BatchNorm needs both halves; the layers after it only the rows that are scored
+        hidden = norm(torch.cat([context, first(features)]))[context.shape[0]:]
+        return last(activation(hidden)).squeeze(-1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(features))

@@ -312,7 +312,8 @@ split, with the epoch chosen honestly (see each report's <i>selection</i>); the 
 <p class="muted">Paper: {html.escape(PAPER_SOURCE)}. Its mean over the six MPDD classes is
 {paper_mean[0]} I-AUROC / {paper_mean[1]} P-AUROC / {paper_mean[2]} PRO; per-class PRO is not
 published. The paper picked each class's epoch on the test set, which flatters its numbers.
-Train time is the GAS training epochs (backbone features and monitoring excluded); inference is
+Train time is the training epochs (GAS, plus LAS when the profile uses it; backbone features,
+the LAS pool and monitoring excluded); inference is
 the whole test split end to end (reading, backbone, heads, maps).</p>
 {_figure(frame)}
 <h2>Environment</h2>

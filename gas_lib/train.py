@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .backbone import FeatureExtractor, embed_images
-from .config import GASConfig, resolve_device
+from .config import METHOD_VERSION, GASConfig, resolve_device
 from .data import Sample, load_images
 from .gas import (Shell, gas_losses, hypersphere_shell, manifold_shell, position_centres,
                   project_to_shell, synthesize)
@@ -227,7 +227,8 @@ class GASDetector:
         ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
         if ckpt_path is not None and resume and ckpt_path.exists():
             state = torch.load(ckpt_path, map_location=self.device, weights_only=True)
-            if state["config"] == cfg.to_dict() and state["n_train"] == features.shape[0]:
+            if (state["config"] == cfg.to_dict() and state["n_train"] == features.shape[0]
+                    and state.get("method_version") == METHOD_VERSION):
                 self.adaptor.load_state_dict(state["adaptor"])
                 self.discriminator.load_state_dict(state["discriminator"])
                 opt_adaptor.load_state_dict(state["opt_adaptor"])
@@ -292,7 +293,8 @@ class GASDetector:
             bar.set_postfix(normal=f"{row['loss_normal']:.3f}", anomaly=f"{row['loss_anomaly']:.3f}")
             if ckpt_path is not None:
                 atomic_torch_save({
-                    "config": cfg.to_dict(), "n_train": features.shape[0], "epoch": epoch,
+                    "config": cfg.to_dict(), "method_version": METHOD_VERSION,
+                    "n_train": features.shape[0], "epoch": epoch,
                     "adaptor": self.adaptor.state_dict(),
                     "discriminator": self.discriminator.state_dict(),
                     "opt_adaptor": opt_adaptor.state_dict(), "opt_disc": opt_disc.state_dict(),
@@ -360,8 +362,13 @@ class GASDetector:
             else:
                 shell = self._shell(normal, batch.shape[0])
                 with self._head_autocast():
-                    synthetic = synthesize(self.discriminator, normal, shell, cfg, dev_gen)
-                    loss_normal, loss_anomaly = gas_losses(self.discriminator, normal, synthetic)
+                    # the normal patches' first layer serves the ascent (as BatchNorm context)
+                    # and the training pass, computed once with its graph
+                    hidden = self.discriminator.first_layer(normal)
+                    synthetic = synthesize(self.discriminator, normal, shell, cfg, dev_gen,
+                                           context=hidden)
+                    loss_normal, loss_anomaly = gas_losses(self.discriminator, normal, synthetic,
+                                                           hidden)
             loss = loss_normal + loss_anomaly
             if las_batch is not None:
                 las_features, las_labels = las_batch(idx)

@@ -7,7 +7,8 @@ masks. It never reads ``test/``. Two kinds of defect, made the same way for ever
 (fixed seed, fixed source resolution):
 
 - ``blobs``: texture pasted under a Perlin mask, like LAS, half with procedural textures and
-  half with textures cut from the *fit* images (so both LAS texture sources are represented);
+  half with the *fit* images themselves as textures, flipped, turned and colour-jittered (so
+  both offline LAS texture sources are represented);
 - ``strokes``: thin curved lines of foreign texture, a scratch-like shape that neither GAS nor
   LAS synthesises, so a configuration cannot score well on them by imitating its own training.
 
@@ -37,17 +38,19 @@ from .las import ImageTextures, ProceduralTextures, blend, perlin_mask, sample_b
 from .train import GASDetector
 
 DEFECT_KINDS = ("blobs", "strokes")
-SOURCE_SIZE = 512  # defects are drawn at this size, then resized with the image to each config's
+SOURCE_SIZE = 512  # defects are drawn at this size, then resized with the image per config
 VALIDATION_SEED = 20261129  # fixed: every configuration is scored on the same defects
 
 
 def holdout_split(n_images: int, fraction: float, seed: int = VALIDATION_SEED
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Sorted (fit, held-out) indices; the held-out part has ``round(n * fraction)`` >= 1 images."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation fraction {fraction}: expected 0 < fraction < 1")
     n_held = max(1, round(n_images * fraction))
     if n_images - n_held < 2:
         raise ValueError(f"{n_images} training images are too few to hold out {fraction:.0%} "
-                         "for validation (need at least 3)")
+                         "for validation and fit on at least 2")
     order = np.random.default_rng(seed).permutation(n_images)
     return np.sort(order[n_held:]), np.sort(order[:n_held])
 
@@ -71,7 +74,7 @@ def stroke_mask(size: int, rng: np.random.Generator) -> np.ndarray:
 
 @dataclass
 class ValidationDefects:
-    """Held-out good images and their defective copies, at ``SOURCE_SIZE``."""
+    """Held-out good images and their defective copies, at the size they were loaded."""
 
     good: torch.Tensor  # [G, 3, S, S] in [0, 1]
     defective: torch.Tensor  # [D, 3, S, S]
@@ -83,9 +86,11 @@ def make_defects(good: torch.Tensor, texture_images: torch.Tensor, copies: int =
                  seed: int = VALIDATION_SEED) -> ValidationDefects:
     """``copies`` defective copies of each held-out image per kind in ``DEFECT_KINDS``.
 
-    Textures alternate between procedural ones and jittered crops of ``texture_images`` (the fit
-    images, never the held-out ones).
+    Textures alternate between procedural ones and ``texture_images`` (the fit images, never
+    the held-out ones) flipped, turned and colour-jittered (``las.ImageTextures``).
     """
+    if copies < 1:
+        raise ValueError(f"copies={copies}: expected at least 1 defective copy per image and kind")
     rng = np.random.default_rng(seed)
     sources = [ProceduralTextures(), ImageTextures(texture_images)]
     size = good.shape[-1]
@@ -110,9 +115,11 @@ def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _resize_masks(masks: torch.Tensor, size: int) -> np.ndarray:
-    """Nearest-neighbour, as ``data.load_mask`` resizes real ground truth."""
+    """Nearest neighbour sampled at pixel centres (like PIL's, which ``data.load_mask`` uses),
+    so thin strokes stay aligned with the bilinearly resized images."""
     if masks.shape[-1] != size:
-        masks = F.interpolate(masks[:, None].float(), size=(size, size), mode="nearest")[:, 0] > 0.5
+        masks = F.interpolate(masks[:, None].float(), size=(size, size),
+                              mode="nearest-exact")[:, 0] > 0.5
     return masks.numpy().astype(bool)
 
 
@@ -141,26 +148,33 @@ def validate(config: GASConfig, train: Sequence[Sample] | torch.Tensor, *,
              progress: bool = True) -> pd.DataFrame:
     """Fit ``config`` on part of the training images and score held-out synthetic defects.
 
-    ``train``: the category's ``train/good`` samples (read at ``SOURCE_SIZE``) or images
+    ``train``: the category's ``train/good`` samples (read at ``SOURCE_SIZE``, or at
+    ``image_size`` when that is larger) or images
     [N, 3, S, S] in [0, 1]. The split and the defects depend on ``seed`` only, not on the
     config, so configurations are compared on identical data. Returns one row per defect kind
     (and ``all``) with ``fit_seconds``; the detector's own selection is forced to ``last``
-    (the held-out images are the validation here).
+    (the held-out images are the validation here). The table's ``attrs["config"]`` is the
+    config that was fitted.
     """
     if isinstance(train, torch.Tensor):
         images = train
     else:
-        images = load_images([s.image_path for s in train], SOURCE_SIZE, config.center_crop,
-                             progress)
+        images = load_images([s.image_path for s in train], max(SOURCE_SIZE, config.image_size),
+                             config.center_crop, progress)
+    if images.shape[-1] < config.image_size:
+        raise ValueError(f"validation images of {images.shape[-1]} px are smaller than "
+                         f"image_size={config.image_size}: load them at least that large")
     fit_idx, held_idx = holdout_split(images.shape[0], fraction, seed)
     defects = make_defects(images[held_idx], images[fit_idx], copies, seed)
-    detector = GASDetector(config.replace(selection="last"))
+    fitted = config.replace(selection="last")
+    detector = GASDetector(fitted)
     started = time.perf_counter()
     detector.fit(_resize(images[fit_idx], config.image_size), progress=progress)
     fit_seconds = time.perf_counter() - started
     table = score_defects(detector, defects)
     table["fit_seconds"] = round(fit_seconds, 1)
     table["fit_images"], table["held_out_images"] = len(fit_idx), len(held_idx)
+    table.attrs["config"] = fitted.to_dict()
     return table
 
 
@@ -172,9 +186,13 @@ def compare(base: GASConfig, candidates: Mapping[str, Mapping[str, Any]],
     ``candidates``: name -> config overrides (``{}`` for the base itself). Returns one row per
     candidate and defect kind, the candidate's name and overrides in front.
     """
+    if any("center_crop" in overrides for overrides in candidates.values()):
+        raise ValueError("compare: candidates share one set of validation images, so they cannot "
+                         "differ in center_crop; compare crop settings with separate runs")
     if not isinstance(train, torch.Tensor):
-        train = load_images([s.image_path for s in train], SOURCE_SIZE, base.center_crop,
-                            progress)
+        size = max([SOURCE_SIZE, base.image_size] +
+                   [int(o.get("image_size", 0)) for o in candidates.values()])
+        train = load_images([s.image_path for s in train], size, base.center_crop, progress)
     tables = []
     for name, overrides in tqdm(candidates.items(), desc="candidates", disable=not progress):
         table = validate(base.replace(**overrides), train, fraction=fraction, copies=copies,

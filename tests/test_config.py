@@ -43,3 +43,15 @@ def test_unknown_keys_are_rejected():
     with pytest.raises(ValueError, match="unknown profile"):
         GASConfig.preset("fast")
     assert json.loads(GASConfig().to_json())["backbone"] == "wide_resnet50_2"
+
+
+def test_fingerprint_follows_the_preset_and_the_method_version(monkeypatch):
+    import gas_lib.config as config_module
+
+    cpu = config_module.fingerprint("cpu")
+    assert cpu == config_module.fingerprint("cpu") and cpu != config_module.fingerprint("seed")
+    monkeypatch.setattr(config_module, "METHOD_VERSION", config_module.METHOD_VERSION + 1)
+    bumped = config_module.fingerprint("cpu")
+    assert bumped != cpu
+    monkeypatch.setitem(config_module.PRESETS, "cpu", dict(config_module.PRESETS["cpu"], r1=1.0))
+    assert config_module.fingerprint("cpu") != bumped

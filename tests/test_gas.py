@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -102,3 +104,27 @@ def test_ascent_scores_synthetic_patches_in_one_batchnorm_batch_with_the_normal_
     assert torch.allclose(disc.logits(synthetic + 5.0), disc.logits(synthetic), atol=1e-4)
     assert not torch.allclose(disc.logits_in_context(synthetic + 5.0, context),
                               disc.logits_in_context(synthetic, context), atol=1e-2)
+
+
+def test_synthesize_follows_the_reference_ascent_in_train_mode(adapted):
+    """Step by step as the reference: D scores cat([normal, synthetic]) in train mode, the
+    gradient of BCE(D(g), 1) is normalised per patch, then the projection."""
+    anchors = adapted.flatten(0, 1)
+    torch.manual_seed(0)
+    disc = Discriminator(anchors.shape[1], 32).train()
+    config = GASConfig.preset("seed", eta=0.5, n_step=3, n_proj=1)
+    shell = manifold_shell(anchors, config)
+    ours = synthesize(copy.deepcopy(disc), anchors, shell, config, torch.Generator().manual_seed(0))
+
+    reference = copy.deepcopy(disc)
+    noise = torch.randn(anchors.shape, generator=torch.Generator().manual_seed(0))
+    g = anchors + config.noise_std * noise
+    n = anchors.shape[0]
+    for _ in range(config.n_step):
+        g.requires_grad_(True)
+        logits = reference.logits(torch.cat([anchors, g]))[n:]
+        (grad,) = torch.autograd.grad(
+            F.binary_cross_entropy_with_logits(logits, torch.ones(n)), g)
+        g = project_to_shell(g.detach() + config.eta * grad / grad.norm(dim=1, keepdim=True),
+                             shell)
+    assert torch.allclose(ours, g, atol=1e-4)

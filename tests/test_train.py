@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from gas_lib.backbone import clear_feature_cache
+from gas_lib.config import METHOD_VERSION
 from gas_lib.data import load_split
 from gas_lib.evaluate import evaluate
 from gas_lib.model import WeightAverage
@@ -92,6 +93,27 @@ def test_interrupted_fit_resumes_to_the_same_result(synthetic_root, tmp_path, sc
     m_resumed, _, _ = evaluate(resumed, test)
     for key in ("image_auroc", "pixel_auroc", "aupro"):
         assert m_straight[key] == m_resumed[key]
+
+
+def test_a_checkpoint_from_older_method_code_is_not_resumed(synthetic_root, tmp_path):
+    """Same config, but written before a change to what a fit computes: train afresh."""
+    train = load_split(synthetic_root, "plate", "train")
+    config = tiny_config(epochs=2)
+    GASDetector(config).fit(train, checkpoint_dir=tmp_path, progress=False)
+    state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
+    assert state["method_version"] == METHOD_VERSION and state["epoch"] == 2
+    epochs_run: list[int] = []
+
+    def record(detector, epoch):
+        epochs_run.append(epoch)
+        return {}
+
+    GASDetector(config).fit(train, checkpoint_dir=tmp_path, epoch_callback=record, progress=False)
+    assert epochs_run == []  # finished, same code: nothing to redo
+    state["method_version"] = METHOD_VERSION - 1
+    torch.save(state, tmp_path / CHECKPOINT_NAME)
+    GASDetector(config).fit(train, checkpoint_dir=tmp_path, epoch_callback=record, progress=False)
+    assert epochs_run == [1, 2]
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_root, tmp_path):

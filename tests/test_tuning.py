@@ -63,14 +63,22 @@ def test_compare_scores_candidates_on_identical_defects(synthetic_root):
     metrics = ["image_auroc", "pixel_auroc", "aupro", "pixel_ap"]
     base, again = (table[table.candidate == c][metrics].to_numpy() for c in ("base", "again"))
     np.testing.assert_allclose(base, again)
+    gas_only = table[table.candidate == "gas only"][metrics].to_numpy()
+    assert not np.allclose(base, gas_only)
     assert ((table[metrics] >= 0) & (table[metrics] <= 1)).all().all()
     assert (table["fit_images"] == 9).all() and (table["held_out_images"] == 3).all()
     assert (table["fit_seconds"] > 0).all()
 
 
 def test_validate_cli_never_reads_the_test_split(synthetic_root, tmp_path, capsys):
+    """Every test image and mask is replaced by garbage: validate must not notice."""
     root = tmp_path / "data"
-    shutil.copytree(synthetic_root / "plate" / "train", root / "plate" / "train")
+    shutil.copytree(synthetic_root / "plate", root / "plate")
+    spoiled = [f for sub in ("test", "ground_truth") for f in (root / "plate" / sub).rglob("*")
+               if f.is_file()]
+    assert spoiled
+    for path in spoiled:
+        path.write_bytes(b"not an image")
     out = tmp_path / "validation.json"
     code = main(["validate", "--data-root", str(root), "--category", "plate", "--profile", "cpu",
                  "--epochs", "2", "--device", "cpu", "--fraction", "0.25", "--out", str(out),
@@ -81,4 +89,3 @@ def test_validate_cli_never_reads_the_test_split(synthetic_root, tmp_path, capsy
     assert "strokes" in printed and "pixel_auroc" in printed
     record = json.loads(out.read_text())
     assert record["config"]["image_size"] == 64 and len(record["rows"]) == 3
-
