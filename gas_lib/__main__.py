@@ -43,46 +43,43 @@ def _add_las_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--texture-root", help="folder of texture images / DTD cache folder")
 
 
+def _add_fit_options(parser: argparse.ArgumentParser, profiles: list[str]) -> None:
+    """What every command that fits a detector on a category needs."""
+    parser.add_argument("--data-root", required=True, help="folder holding <category>/train/good")
+    parser.add_argument("--category", required=True)
+    parser.add_argument("--profile", default="auto", choices=profiles)
+    parser.add_argument("--config", help="a config JSON file (replaces --profile)")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--device")
+    _add_las_options(parser)
+    parser.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="any config field")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gas_lib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     profiles = sorted(PRESETS) + ["auto"]
 
     train = sub.add_parser("train", help="fit on train/good, evaluate on test, write artefacts")
-    train.add_argument("--data-root", required=True, help="folder holding <category>/train/good")
-    train.add_argument("--category", required=True)
-    train.add_argument("--profile", default="auto", choices=profiles)
-    train.add_argument("--config", help="a config JSON file (replaces --profile)")
+    _add_fit_options(train, profiles)
     train.add_argument("--out", required=True, help="output folder")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--seed", type=int)
     train.add_argument("--selection", choices=["last", "validation", "oracle"])
-    train.add_argument("--device")
     train.add_argument("--feature-cache-dir")
-    _add_las_options(train)
     train.add_argument("--track-every", type=int, default=0,
                        help="score the test split every N epochs for the curves (monitoring)")
     train.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
-    train.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="any config field")
 
     validate = sub.add_parser(
         "validate", help="compare settings without the test split: fit on part of train/good, "
         "score the held-out images with synthetic defects (never reads test/)")
-    validate.add_argument("--data-root", required=True, help="folder holding <category>/train/good")
-    validate.add_argument("--category", required=True)
-    validate.add_argument("--profile", default="auto", choices=profiles)
-    validate.add_argument("--config", help="a config JSON file (replaces --profile)")
-    validate.add_argument("--epochs", type=int)
-    validate.add_argument("--seed", type=int)
-    validate.add_argument("--device")
+    _add_fit_options(validate, profiles)
     validate.add_argument("--image-size", type=int)
-    _add_las_options(validate)
     validate.add_argument("--fraction", type=float, default=0.2,
                           help="share of train/good held out (default 0.2)")
     validate.add_argument("--copies", type=int, default=2,
                           help="defective copies per held-out image and defect kind")
     validate.add_argument("--out", help="write the table here as JSON")
-    validate.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="any config field")
 
     bench = sub.add_parser("bench", help="speed and memory table on the current device")
     bench.add_argument("--profile", default="auto", choices=profiles)
