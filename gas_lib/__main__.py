@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="fit on train/good, evaluate on test, write artefacts")
     _add_fit_options(train, profiles)
     train.add_argument("--out", required=True, help="output folder")
+    train.add_argument("--method", choices=["gas", "knn"], default="gas",
+                       help="gas (default) or knn: the nearest-neighbour baseline (PatchCore-"
+                            "style coreset memory bank, no training), same artefacts")
     train.add_argument("--selection", choices=["last", "validation", "oracle"])
     train.add_argument("--feature-cache-dir")
     train.add_argument("--track-every", type=int, default=0,
@@ -92,6 +95,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-size", type=int)
     bench.add_argument("--image-size", type=int)
     bench.add_argument("--out", default="bench.json", help="JSON output ('' for none)")
+    bench.add_argument("--scaling", action="store_true",
+                       help="also time whole fits of GAS and the k-NN baseline against the "
+                            "number of training images (JSON key 'scaling')")
+    bench.add_argument("--scaling-sizes", type=int, nargs="+", default=[50, 100, 200, 400],
+                       metavar="N", help="training-image counts of the --scaling table")
     _add_las_options(bench)
     bench.add_argument("--set", nargs="*", metavar="KEY=VALUE")
     return parser
@@ -119,18 +127,20 @@ def main(argv: list[str] | None = None) -> int:
             from .report import train_and_evaluate
 
             result = train_and_evaluate(args.data_root, args.category, config, args.out,
-                                        track_every=args.track_every, resume=not args.no_resume)
+                                        track_every=args.track_every, resume=not args.no_resume,
+                                        method=args.method)
             keys = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap", "f1_max",
                     "train_seconds", "eval_seconds")
             print(json.dumps({k: result[k] for k in keys}, indent=2))
-            print(f"selection: {result['selection_label']}; artefacts in {Path(args.out)}")
+            print(f"method: {result['method']}; selection: {result['selection_label']}; "
+                  f"artefacts in {Path(args.out)}")
         elif args.command == "validate":
             _validate(args, config)
         else:
             from .bench import main as bench_main
 
             bench_main(config, args.images, args.out or None, args.data_root, args.category,
-                       args.repeats)
+                       args.repeats, args.scaling_sizes if args.scaling else None)
     except (DataError, BackboneUnavailable, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -41,7 +41,7 @@ import torch
 from matplotlib.figure import Figure
 
 from .config import METHOD_VERSION, PRESETS, GASConfig
-from .data import Sample, load_mask
+from .data import Sample, config_for_data, load_mask
 from .evaluate import compute_metrics
 from .las import LASPool, build_las_pool
 from .report import write_csv
@@ -152,8 +152,10 @@ def plan(base: GASConfig, grid: str | None = None, epochs: int | None = None) ->
 def _key(config: GASConfig) -> str:
     """What makes two runs the same: every setting except where things are stored."""
     values = config.to_dict()
-    for name in ("feature_cache_dir", "device", "profile", "extra"):
+    for name in ("feature_cache_dir", "device", "profile", "extra", "keep_aspect"):
         values.pop(name, None)
+    if values.get("aspect") == 1.0:  # square inputs keep the keys of runs made before aspect
+        values.pop("aspect")
     values["method_version"] = METHOD_VERSION
     return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -181,7 +183,7 @@ def run(variants: pd.DataFrame, base: GASConfig, train_samples: Sequence[Sample]
     (same full config) are reused, so an interrupted ablation continues where it stopped.
     """
     epochs = int(variants["epochs"].iloc[0])
-    base = honest(base).replace(epochs=epochs)
+    base = config_for_data(honest(base).replace(epochs=epochs), train_samples)
     probe = GASDetector(base)
     train_images = probe.read_images(train_samples, progress)
     train_features = probe.embed(train_images, progress=progress)
@@ -189,9 +191,9 @@ def run(variants: pd.DataFrame, base: GASConfig, train_samples: Sequence[Sample]
     if base.variant == "auto":  # the spectral choice, made once for every run
         base = base.replace(variant=probe.choose_variant(train_images).decision)
     pools: dict[tuple[str, int, bool], LASPool] = {}
-    size, crop = base.image_size, base.center_crop
+    shape, crop = base.input_shape, base.center_crop
     labels = np.array([s.label for s in test_samples])
-    masks = np.stack([load_mask(s.mask_path, size, crop).numpy() for s in test_samples])
+    masks = np.stack([load_mask(s.mask_path, shape, crop).numpy() for s in test_samples])
 
     done: dict[str, dict[str, Any]] = {}
     if out_csv is not None and reuse and Path(out_csv).is_file():

@@ -152,9 +152,9 @@ def _avgpool_concat_embedding(maps: list[torch.Tensor]) -> torch.Tensor:
 
 
 class FeatureExtractor(nn.Module):
-    """Frozen backbone + patch embedding: images [B,3,S,S] in [0,1] -> [B, h*w, D] vectors.
+    """Frozen backbone + patch embedding: images [B,3,H,W] in [0,1] -> [B, h*w, D] vectors.
 
-    ``grid`` is the (h, w) of the stride-8 map, e.g. 36 x 36 at 288 px.
+    ``grid`` is the (h, w) of the stride-8 map, e.g. 36 x 36 at 288 px, 20 x 50 at 160 x 400.
     """
 
     def __init__(self, backbone: str, embedding: str = "reference", pretrain_embed_dim: int = 1536,
@@ -190,9 +190,15 @@ class FeatureExtractor(nn.Module):
         return self.maps(images)
 
     @staticmethod
-    def grid_size(image_size: int) -> tuple[int, int]:
-        side = -(-image_size // 8)  # ceil: both backbones pad their strided convolutions
-        return side, side
+    def grid_size(image_size: int | tuple[int, int]) -> tuple[int, int]:
+        """(h, w) of the stride-8 grid for an input of ``image_size`` (an int S for S x S, or
+        an (H, W) pair such as ``config.input_shape``)."""
+        if isinstance(image_size, (tuple, list, torch.Size)):
+            height, width = (int(v) for v in image_size)
+        else:
+            height = width = int(image_size)
+        # ceil: both backbones pad their strided convolutions
+        return -(-height // 8), -(-width // 8)
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:

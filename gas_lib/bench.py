@@ -3,7 +3,8 @@
 Compares, in one process and as ratios: a training epoch on cached backbone features against
 the same epoch recomputing the backbone for every batch (what the reference code does), and the
 same for GAS+LAS: an epoch sampling the pre-embedded LAS pool against one that reads the images,
-makes LAS images and runs the backbone on both for every batch.
+makes LAS images and runs the backbone on both for every batch. ``run_scaling`` (``bench
+--scaling``) times whole fits of GAS and the k-NN baseline against the number of training images.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import resource
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import GASConfig
+from .config import GASConfig, resolve_device
 from .data import load_split
 from .las import build_las_pool, make_las_images, patch_labels, pool_sampler, texture_source
 from .report import environment_info, write_json
@@ -235,6 +236,109 @@ def _las_rows(detector: GASDetector, config: GASConfig, images: torch.Tensor, fi
     ]
 
 
+SCALING_SIZES = (50, 100, 200, 400)
+
+
+def run_scaling(config: GASConfig, sizes: Sequence[int] = SCALING_SIZES, progress: bool = False
+                ) -> pd.DataFrame:
+    """Whole-fit wall time against the number of training images, GAS and the k-NN baseline.
+
+    For every size ``n`` (ascending) both detectors are fitted from scratch on the first ``n``
+    of ``max(sizes)`` synthetic 512 px textures (``bench_files``: written once as PNG to a
+    temporary folder, read once per size with the detector's ``read_images``, the read timed
+    apart as ``read_seconds``). ``fit_seconds`` is the wall time of ``fit(images)``: for GAS
+    backbone features + LAS pool + training, for ``knn.KNNDetector`` its whole ``fit``. The
+    in-memory feature cache is cleared and the on-disk one switched off before every fit, so
+    each pays its own feature extraction; loading the backbone's weights happens before the
+    clock starts, and an untimed fit of each detector on a few images comes first, so one-off
+    costs of the process (kernel set-up, allocator) fall on no row.
+
+    GAS uses ``config`` as given (e.g. the ``cpu`` profile): with ``images_per_epoch`` and
+    ``las_pool_images`` > 0 its training and LAS pool cost a fixed budget, so only feature
+    extraction should grow with ``n``; with 0 (all images) everything grows. Both settings
+    are in the frame's ``attrs`` and in ``format_scaling``'s header.
+
+    Returns one row per size and method: ``n_images, method, fit_seconds, seconds_per_image,
+    feature_seconds, las_pool_seconds, train_seconds, read_seconds`` (the three parts from the
+    detector's ``timings``; NaN where the detector does not record them; for the k-NN
+    baseline ``train_seconds`` is its coreset selection, and it has no LAS pool).
+    """
+    import tempfile
+
+    from .backbone import clear_feature_cache
+    from .knn import KNNDetector
+
+    sizes = sorted({int(n) for n in sizes})
+    if not sizes or sizes[0] < 1:
+        raise ValueError(f"scaling sizes {sizes}: expected positive numbers of images")
+    config = config.replace(feature_cache_dir=None)
+    detectors: dict[str, Callable[[], Any]] = {"gas": lambda: GASDetector(config),
+                                               "knn": lambda: KNNDetector(config)}
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="gas_scaling_") as tmp:
+        files = bench_files(max(sizes), Path(tmp))
+        reader = GASDetector(config)
+        warm_up = reader.read_images(files[:min(sizes[0], 8)], progress=False)
+        for make in detectors.values():  # one-off costs (kernels, allocator) off the table
+            make().fit(warm_up, progress=False)
+        for n in sizes:
+            started = time.perf_counter()
+            images = reader.read_images(files[:n], progress=progress)
+            read_s = time.perf_counter() - started
+            for method, make in detectors.items():
+                detector = make()
+                _ = detector.extractor  # weights loaded outside the clock
+                clear_feature_cache()
+                _sync(detector.device)
+                started = time.perf_counter()
+                detector.fit(images, progress=progress)
+                _sync(detector.device)
+                fit_s = time.perf_counter() - started
+                timings = detector.timings
+                rows.append({
+                    "n_images": n, "method": method, "fit_seconds": fit_s,
+                    "seconds_per_image": fit_s / n,
+                    "feature_seconds": timings.get("feature_seconds", float("nan")),
+                    "las_pool_seconds": timings.get(
+                        "las_pool_seconds", 0.0 if method == "gas" else float("nan")),
+                    "train_seconds": timings.get("train_seconds", float("nan")),
+                    "read_seconds": read_s,
+                })
+                del detector
+        clear_feature_cache()
+    frame = pd.DataFrame(rows)
+    frame.attrs.update(profile=config.profile, images_per_epoch=config.images_per_epoch,
+                       las_pool_images=config.las_pool_images, synthesis=config.synthesis,
+                       epochs=config.epochs, image_size=config.image_size,
+                       backbone=config.backbone, device=str(resolve_device(config.device)))
+    return frame
+
+
+def format_scaling(frame: pd.DataFrame) -> str:
+    """The scaling table as text, with what GAS's budgets were and how much each method's fit
+    grew from the smallest to the largest size."""
+    a = frame.attrs
+    header = (f"fit time against training images: profile={a.get('profile')} "
+              f"backbone={a.get('backbone')} image={a.get('image_size')}px "
+              f"epochs={a.get('epochs')} synthesis={a.get('synthesis')} "
+              f"images_per_epoch={a.get('images_per_epoch') or 'all'} "
+              f"las_pool_images={a.get('las_pool_images') or 'all'} device={a.get('device')}")
+    shown = frame.copy()
+    for column in shown.columns:
+        if shown[column].dtype.kind == "f":
+            shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:,.3f}")
+    table = shown.to_markdown(index=False) if _has_tabulate() else shown.to_string(index=False)
+    lines = [header, table]
+    small, large = frame["n_images"].min(), frame["n_images"].max()
+    if large > small:
+        for method, part in frame.groupby("method", sort=False):
+            by_n = part.set_index("n_images")
+            growth = by_n.loc[large, "fit_seconds"] / by_n.loc[small, "fit_seconds"]
+            lines.append(f"{method}: fit {growth:.2f}x longer for {large / small:g}x the images "
+                         f"({small} -> {large})")
+    return "\n".join(lines)
+
+
 def format_table(result: dict[str, Any]) -> str:
     frame = pd.DataFrame(result["rows"])
     frame["value"] = frame["value"].map(lambda v: f"{v:,.2f}")
@@ -254,9 +358,16 @@ def _has_tabulate() -> bool:
 
 
 def main(config: GASConfig, n_images: int, out: str | Path | None, data_root: str | None,
-         category: str | None, repeats: int = 3) -> dict[str, Any]:
+         category: str | None, repeats: int = 3,
+         scaling_sizes: Sequence[int] | None = None) -> dict[str, Any]:
+    """The benchmark table; with ``scaling_sizes`` also the fit-time scaling table
+    (``run_scaling``), stored in the JSON under ``"scaling"``."""
     result = run_benchmark(config, n_images, data_root, category, repeats)
     print(format_table(result))
+    if scaling_sizes:
+        frame = run_scaling(config, scaling_sizes)
+        print(format_scaling(frame))
+        result["scaling"] = {**frame.attrs, "rows": frame.to_dict(orient="records")}
     if out:
         write_json(result, out)
         print(f"wrote {out}")

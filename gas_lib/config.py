@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ LR_SCHEDULES = ("constant", "cosine")
 # "auto" picks manifold or hypersphere per class from the training images' spectrum (spectral.py)
 VARIANT_CHOICES = VARIANTS + ("auto",)
 SYNTHESES = ("gas", "las", "gas+las")
+PATCH_SCORES = ("sigmoid", "logit")
+RADIUS_SCALES = ("absolute", "relative")
 TEXTURE_SOURCES = ("procedural", "train_images", "dtd", "folder")
 
 
@@ -40,6 +43,13 @@ class GASConfig:
     # data
     image_size: int = 288
     center_crop: bool = False
+    # input geometry: images are resized to ``input_shape`` (H, W), both multiples of 16 with
+    # an area of about image_size**2 and width / height = ``aspect`` (1.0: image_size square,
+    # the reference). ``keep_aspect``: set ``aspect`` from the training images (the median
+    # width / height of their files, ``data.config_for_data``) when a fit starts, so that
+    # non-square images are not squashed. center_crop=True always gives the square crop.
+    aspect: float = 1.0
+    keep_aspect: bool = False
     # backbone and patch embedding
     backbone: str = "wide_resnet50_2"
     embedding: str = "reference"
@@ -52,6 +62,9 @@ class GASConfig:
     # optimisation
     epochs: int = 100
     batch_size: int = 8
+    # > 0: each epoch trains on this many training images drawn at random (the reference draws
+    # a fixed number per epoch), so a fit costs the same whatever the category's size; 0: all
+    images_per_epoch: int = 0
     adaptor_optimizer: str = "adam"
     adaptor_lr: float = 2e-4
     adaptor_weight_decay: float = 0.0
@@ -72,12 +85,18 @@ class GASConfig:
     n_proj: int = 1
     r1: float = 1.0
     r2: float = 2.0
+    # "absolute": r1, r2 in feature units (the reference). "relative": in units of the
+    # category's own feature scale, the median distance from a training patch to its nearest
+    # patch of another training image (measured at fit time, gas.feature_scale), so one setting
+    # carries across categories and backbones
+    radius_scale: str = "absolute"
     variant: str = "manifold"
     hypersphere_quantile: float = 0.75
     # LAS (image-space anomalies, las.py): "gas" alone, "las" alone, or both ("gas+las", GLASS)
     synthesis: str = "gas"
     las_variants: int = 4  # LAS images made (and embedded) once per training image
     las_regenerate_every: int = 0  # 0: one pool for the whole fit; k: a fresh pool every k epochs
+    las_pool_images: int = 0  # > 0: LAS variants of at most this many training images (flat cost)
     texture_source: str = "procedural"  # offline default; "train_images", "dtd", "folder"
     texture_root: str | None = None  # folder of textures ("folder"), DTD cache dir ("dtd")
     focal_gamma: float = 2.0
@@ -92,8 +111,18 @@ class GASConfig:
     # (best image + pixel AUROC on the test split, as the paper did; labelled wherever shown)
     selection: str = "last"
     val_fraction: float = 0.2
-    # scoring
+    # scoring: the map is smoothed with a Gaussian of map_sigma pixels; the image score is the
+    # mean of the image_score_top_k highest patch scores (1: the map maximum, the reference)
     map_sigma: float = 4.0
+    image_score_top_k: int = 1
+    # what a patch scores: the discriminator's probability ("sigmoid", the reference) or its
+    # logit, the same ranking of patches but without float32 saturation at 1.0, where maxima
+    # of different images tie and smoothing flattens the strongest responses
+    patch_score: str = "sigmoid"
+    # nearest-neighbour baseline (knn.KNNDetector): the memory bank keeps this fraction of the
+    # training patches (greedy k-center coreset, PatchCore), at most knn_bank_max vectors
+    knn_coreset_fraction: float = 0.1
+    knn_bank_max: int = 20000
     # run
     seed: int = 0
     device: str = "auto"
@@ -118,24 +147,33 @@ class GASConfig:
             "disc_optimizer": OPTIMIZERS,
             "adaptor_init": ADAPTOR_INITS,
             "lr_schedule": LR_SCHEDULES,
+            "patch_score": PATCH_SCORES,
+            "radius_scale": RADIUS_SCALES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"config.{name}={getattr(self, name)!r}: expected one of {allowed}")
         positive = ("image_size", "pretrain_embed_dim", "target_embed_dim", "disc_hidden",
-                    "epochs", "batch_size", "n_step", "n_proj")
+                    "epochs", "batch_size", "n_step", "n_proj", "image_score_top_k")
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"config.{name}={getattr(self, name)!r}: expected a positive integer")
         if self.image_size % 16:
             raise ValueError(f"config.image_size={self.image_size}: expected a multiple of 16 "
                              "(the backbone's coarsest stride)")
+        if not (math.isfinite(float(self.aspect)) and float(self.aspect) > 0):
+            raise ValueError(f"config.aspect={self.aspect!r}: expected a positive number "
+                             "(input width / height)")
         if not 0 < self.r1 <= self.r2:
             raise ValueError(f"config.r1={self.r1}, r2={self.r2}: expected 0 < r1 <= r2")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"config.val_fraction={self.val_fraction}: expected 0 < value < 1")
         if int(self.las_variants) < 1:
             raise ValueError(f"config.las_variants={self.las_variants!r}: expected a positive integer")
+        for name in ("images_per_epoch", "las_pool_images"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"config.{name}={getattr(self, name)!r}: expected 0 (all) or a "
+                                 "positive number of images")
         if int(self.las_regenerate_every) < 0:
             raise ValueError(f"config.las_regenerate_every={self.las_regenerate_every!r}: expected "
                              "0 (never) or a positive number of epochs")
@@ -146,9 +184,21 @@ class GASConfig:
         if not 0 < self.las_hard_fraction <= 1:
             raise ValueError(f"config.las_hard_fraction={self.las_hard_fraction}: expected "
                              "0 < value <= 1")
+        if not 0 < self.knn_coreset_fraction <= 1:
+            raise ValueError(f"config.knn_coreset_fraction={self.knn_coreset_fraction}: expected "
+                             "0 < value <= 1")
+        if int(self.knn_bank_max) < 1:
+            raise ValueError(f"config.knn_bank_max={self.knn_bank_max!r}: expected a positive "
+                             "integer")
         if self.texture_source == "folder" and not self.texture_root:
             raise ValueError("config.texture_source='folder' needs texture_root=<a folder of "
                              "images>")
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        """(H, W) every image is resized to: ``input_shape(image_size, aspect)``, or the
+        image_size square with ``center_crop``."""
+        return input_shape(self.image_size, 1.0 if self.center_crop else self.aspect)
 
     # --- JSON round trip -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -224,6 +274,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         r1=16.0, r2=32.0, synthesis="gas+las", las_variants=2, ema_decay=0.99,
     ),
 }
+
+
+def input_shape(image_size: int, aspect: float = 1.0, stride: int = 16) -> tuple[int, int]:
+    """(H, W) of about ``image_size**2`` pixels with W / H close to ``aspect``, both multiples of
+    ``stride`` (at least one stride); ``aspect == 1`` gives exactly (image_size, image_size)."""
+    size = int(image_size)
+    if float(aspect) == 1.0:
+        return size, size
+    root = math.sqrt(float(aspect))
+    height = max(stride, stride * round(size / root / stride))
+    width = max(stride, stride * round(size * root / stride))
+    return int(height), int(width)
 
 
 def fingerprint(profile: str) -> str:

@@ -26,6 +26,11 @@ from tqdm.auto import tqdm
 if TYPE_CHECKING:  # pandas is imported lazily: only split_counts needs it
     import pandas as pd
 
+    from .config import GASConfig
+
+# An image size: an int for a square (S, S), or a (height, width) pair.
+Size = int | tuple[int, int]
+
 IMAGE_SUFFIXES: tuple[str, ...] = (
     ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
 )
@@ -207,16 +212,34 @@ def _open(path: Path) -> Image.Image:
         raise DataError(f"{path} is not a readable image ({type(exc).__name__}: {detail})") from exc
 
 
-def _check_size(image_size: int) -> None:
-    if int(image_size) < 1:
-        raise ValueError(f"image_size={image_size}: expected a positive integer")
+def image_shape(image_size: Size) -> tuple[int, int]:
+    """(H, W) of an image size: an int S is the square (S, S), a pair is (height, width)."""
+    if isinstance(image_size, (tuple, list)) or (isinstance(image_size, torch.Size)):
+        if len(image_size) != 2:
+            raise ValueError(f"image_size={tuple(image_size)}: expected an int or a (height, "
+                             "width) pair")
+        height, width = (int(v) for v in image_size)
+    else:
+        height = width = int(image_size)
+    if height < 1 or width < 1:
+        raise ValueError(f"image_size={image_size}: expected positive integers")
+    return height, width
 
 
-def _fit(image: Image.Image, size: int, center_crop: bool, resample: Image.Resampling
+def _check_size(image_size: Size) -> None:
+    image_shape(image_size)
+
+
+def _fit(image: Image.Image, size: Size, center_crop: bool, resample: Image.Resampling
          ) -> Image.Image:
-    """Resize to size x size, or shorter side to ``size`` then centre-crop (torchvision's rule)."""
+    """Resize to (H, W) (``size`` an int S: S x S), or, with ``center_crop``, scale so the
+    image covers (H, W) then centre-crop (for a square, torchvision's shorter-side rule)."""
+    height, width = image_shape(size)
     if not center_crop:
-        return image.resize((size, size), resample)
+        return image.resize((width, height), resample)
+    if height != width:
+        return _cover_crop(image, height, width, resample)
+    size = height
     width, height = image.size
     scale = size / min(width, height)
     new_w = size if width <= height else int(width * scale)
@@ -225,6 +248,18 @@ def _fit(image: Image.Image, size: int, center_crop: bool, resample: Image.Resam
     left = int(round((new_w - size) / 2.0))
     top = int(round((new_h - size) / 2.0))
     return image.crop((left, top, left + size, top + size))
+
+
+def _cover_crop(image: Image.Image, height: int, width: int, resample: Image.Resampling
+                ) -> Image.Image:
+    """Scale (keeping the aspect ratio) so the image covers height x width, then centre-crop."""
+    old_w, old_h = image.size
+    scale = max(width / old_w, height / old_h)
+    new_w, new_h = max(width, round(old_w * scale)), max(height, round(old_h * scale))
+    image = image.resize((new_w, new_h), resample)
+    left = int(round((new_w - width) / 2.0))
+    top = int(round((new_h - height) / 2.0))
+    return image.crop((left, top, left + width, top + height))
 
 
 def _high_depth_gray(image: Image.Image) -> Image.Image:
@@ -243,8 +278,9 @@ def _as_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def load_image(path: str | Path, image_size: int, center_crop: bool = False) -> torch.Tensor:
-    """float32 [3, S, S] in [0, 1] from any PIL mode, resized bilinearly (antialiased)."""
+def load_image(path: str | Path, image_size: Size, center_crop: bool = False) -> torch.Tensor:
+    """float32 [3, H, W] in [0, 1] from any PIL mode, resized bilinearly (antialiased);
+    ``image_size`` an int S gives S x S, a pair (H, W) that shape (e.g. ``config.input_shape``)."""
     _check_size(image_size)
     image = _open(Path(path))
     if image.mode in _HIGH_DEPTH_MODES:
@@ -270,26 +306,69 @@ def _binarise(image: Image.Image) -> np.ndarray:
     return values > (127 if peak <= 255 else 32767)
 
 
-def load_mask(path: str | Path | None, image_size: int, center_crop: bool = False
+def load_mask(path: str | Path | None, image_size: Size, center_crop: bool = False
               ) -> torch.Tensor:
-    """bool [S, S] with the image's geometry and nearest-neighbour resize; None -> all False."""
-    _check_size(image_size)
+    """bool [H, W] with the image's geometry (``load_image``'s resize or crop, nearest
+    neighbour); None -> all False."""
+    height, width = image_shape(image_size)
     if path is None:
-        return torch.zeros(image_size, image_size, dtype=torch.bool)
+        return torch.zeros(height, width, dtype=torch.bool)
     binary = Image.fromarray(_binarise(_open(Path(path))).astype(np.uint8) * 255)
     fitted = _fit(binary, image_size, center_crop, Image.Resampling.NEAREST)
     return torch.from_numpy(np.asarray(fitted) > 127)
 
 
-def load_images(paths: Sequence[str | Path], image_size: int, center_crop: bool = False,
+def load_images(paths: Sequence[str | Path], image_size: Size, center_crop: bool = False,
                 progress: bool = True) -> torch.Tensor:
-    """[N, 3, S, S] float32, filled in place so large sets need no second copy."""
-    out = torch.empty(len(paths), 3, image_size, image_size, dtype=torch.float32)
+    """[N, 3, H, W] float32 (``image_size`` as in ``load_image``), filled in place so large
+    sets need no second copy."""
+    out = torch.empty(len(paths), 3, *image_shape(image_size), dtype=torch.float32)
     show = progress and len(paths) > PROGRESS_MIN
     items = tqdm(paths, desc="loading images", leave=False) if show else paths
     for i, path in enumerate(items):
         out[i] = load_image(path, image_size, center_crop)
     return out
+
+
+def _header_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the file's header; the pixels are not decoded."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image file {path} does not exist: expected a readable image")
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except _PIL_ERRORS as exc:
+        detail = str(exc).replace("\n", " ")
+        raise DataError(f"{path} is not a readable image ({type(exc).__name__}: {detail})") from exc
+
+
+def measure_aspect(images: Sequence[Sample | str | Path] | torch.Tensor) -> float:
+    """The median width / height of the images: ``Sample`` objects or paths (read from the
+    file headers only, no decode), or an image tensor [..., H, W] (its W / H)."""
+    if isinstance(images, torch.Tensor):
+        if images.dim() < 2 or images.shape[-2] < 1:
+            raise ValueError("measure_aspect: expected images [..., H, W], got "
+                             f"{tuple(images.shape)}")
+        return float(images.shape[-1]) / float(images.shape[-2])
+    paths = [s.image_path if isinstance(s, Sample) else Path(s) for s in images]
+    if not paths:
+        raise ValueError("measure_aspect: no images given")
+    ratios = [width / height for width, height in map(_header_size, paths)]
+    return float(np.median(ratios))
+
+
+def config_for_data(config: GASConfig, train: Sequence[Sample | str | Path] | torch.Tensor
+                    ) -> GASConfig:
+    """The config a fit on ``train`` uses: with ``keep_aspect`` (and no ``center_crop``) its
+    ``aspect`` is set to the training images' median width / height (``measure_aspect``,
+    rounded to 3 decimals), so ``config.input_shape`` keeps their proportions; otherwise the
+    config unchanged. Call it before any image is read, so training and scoring share one
+    geometry; the fitted config records the aspect used."""
+    if not config.keep_aspect or config.center_crop:
+        return config
+    aspect = round(measure_aspect(train), 3)
+    return config if aspect == config.aspect else config.replace(aspect=aspect)
 
 
 def verify_images(samples: Sequence[Sample]) -> None:
@@ -325,11 +404,11 @@ def _verified_size(path: Path) -> tuple[int, int]:
 class SampleDataset(torch.utils.data.Dataset):
     """Samples as dicts the default collate batches: image, mask, label, defect_type, path."""
 
-    def __init__(self, samples: Sequence[Sample], image_size: int, center_crop: bool = False
+    def __init__(self, samples: Sequence[Sample], image_size: Size, center_crop: bool = False
                  ) -> None:
-        _check_size(image_size)
+        height, width = image_shape(image_size)
         self.samples = list(samples)
-        self.image_size = int(image_size)
+        self.image_size: Size = height if height == width else (height, width)
         self.center_crop = bool(center_crop)
 
     def __len__(self) -> int:

@@ -1,6 +1,6 @@
 """Metrics of a fitted detector on a test split, overall and per defect type.
 
-Anomaly maps are consumed batch by batch and kept only at the configured image size (float16
+Anomaly maps are consumed batch by batch and kept only at the configured input shape (float16
 maps, boolean masks): a whole category fits in a few hundred MB at most, unlike reference code
 that keeps every intermediate of every image.
 """
@@ -113,8 +113,8 @@ class Predictions:
 
     samples: list[Sample]
     image_scores: np.ndarray  # [N] float32
-    maps: np.ndarray  # [N, S, S] float16
-    masks: np.ndarray  # [N, S, S] bool
+    maps: np.ndarray  # [N, H, W] float16, H x W = config.input_shape
+    masks: np.ndarray  # [N, H, W] bool
     seconds: float = 0.0
     labels: np.ndarray = field(init=False)
     defect_types: np.ndarray = field(init=False)
@@ -132,11 +132,11 @@ def predict_split(detector: GASDetector, samples: Sequence[Sample], progress: bo
                   ) -> Predictions:
     """Score every test sample in batches, keeping float16 maps and boolean masks only."""
     samples = list(samples)
-    size, crop = detector.config.image_size, detector.config.center_crop
+    shape, crop = detector.config.input_shape, detector.config.center_crop
     scores = np.empty(len(samples), dtype=np.float32)
-    maps = np.empty((len(samples), size, size), dtype=np.float16)
-    masks = np.stack([load_mask(s.mask_path, size, crop).numpy() for s in samples]) \
-        if samples else np.zeros((0, size, size), dtype=bool)
+    maps = np.empty((len(samples), *shape), dtype=np.float16)
+    masks = np.stack([load_mask(s.mask_path, shape, crop).numpy() for s in samples]) \
+        if samples else np.zeros((0, *shape), dtype=bool)
     started = time.perf_counter()
     position = 0
     for batch_scores, batch_maps in detector.iter_scores(samples, progress=progress):

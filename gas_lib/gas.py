@@ -37,8 +37,10 @@ def project_to_shell(features: torch.Tensor, shell: Shell) -> torch.Tensor:
     return shell.reference.addcmul(offset, clamped / norm.clamp_min(_EPS))
 
 
-def manifold_shell(anchors: torch.Tensor, config: GASConfig) -> Shell:
-    return Shell(anchors, config.r1, config.r2)
+def manifold_shell(anchors: torch.Tensor, config: GASConfig, scale: float = 1.0) -> Shell:
+    """Shell ``[r1, r2] * scale`` around each normal patch (``scale``: ``feature_scale`` when
+    the radii are relative, else 1)."""
+    return Shell(anchors, config.r1 * scale, config.r2 * scale)
 
 
 def hypersphere_shell(centres: torch.Tensor, radius: float, scale: tuple[float, float] = (1.0, 2.0)
@@ -104,3 +106,27 @@ def position_centres(features: torch.Tensor, quantile: float = 0.75
         step = distances.numel() // 1_000_000 + 1
         distances = distances[::step]
     return centres, float(torch.quantile(distances, quantile))
+
+
+def feature_scale(features: torch.Tensor, seed: int = 0, n_query: int = 1024,
+                  bank_size: int = 16384) -> float:
+    """The category's own feature scale: median distance from a training patch to its nearest
+    patch of *another* training image. ``features``: [N, P, D], N >= 2.
+
+    Queries come from a seeded half of the images and the bank from the other half, so a patch
+    never meets itself or its own image's neighbours. Shell radii given in these units
+    (``radius_scale="relative"``) mean the same on any category and backbone: 1.0 is as far as
+    a normal patch typically is from the closest normal patch seen in training.
+    """
+    n, p, d = features.shape
+    if n < 2:
+        raise ValueError(f"feature_scale needs at least 2 training images, got {n}")
+    gen = torch.Generator().manual_seed(int(seed))
+    order = torch.randperm(n, generator=gen)
+    half = max(1, n // 2)
+    query = features[order[:half].to(features.device)].reshape(-1, d)
+    bank = features[order[half:].to(features.device)].reshape(-1, d)
+    query = query[torch.randperm(query.shape[0], generator=gen)[:n_query].to(features.device)]
+    bank = bank[torch.randperm(bank.shape[0], generator=gen)[:bank_size].to(features.device)]
+    nearest = torch.cdist(query.float(), bank.float()).min(dim=1).values
+    return float(nearest.median())

@@ -219,14 +219,18 @@ def _stretch(field: np.ndarray) -> np.ndarray:
 
 
 def jitter(texture: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """Colour and geometry augmentation of a [3, S, S] texture (flips, 90-degree turns,
-    brightness, contrast, per-channel gain, channel order)."""
+    """Colour and geometry augmentation of a [3, H, W] texture (flips, 90-degree turns,
+    brightness, contrast, per-channel gain, channel order). A non-square texture keeps its
+    shape: its quarter turns become half turns."""
     out = texture
     if rng.random() < 0.5:
         out = out.flip(-1)
     if rng.random() < 0.5:
         out = out.flip(-2)
-    out = torch.rot90(out, int(rng.integers(0, 4)), dims=(-2, -1))
+    turns = int(rng.integers(0, 4))
+    if turns % 2 and out.shape[-1] != out.shape[-2]:
+        turns = 2
+    out = torch.rot90(out, turns, dims=(-2, -1))
     mean = out.mean()
     out = (out - mean) * rng.uniform(0.6, 1.6) + mean * rng.uniform(0.6, 1.4)
     out = out * torch.as_tensor(rng.uniform(0.7, 1.3, 3), dtype=out.dtype)[:, None, None]
@@ -234,26 +238,50 @@ def jitter(texture: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     return out.clamp(0.0, 1.0).contiguous()
 
 
+TextureSize = int | tuple[int, int]
+
+
+def _texture_shape(size: TextureSize) -> tuple[int, int]:
+    """(H, W) of a texture size: an int S is S x S."""
+    if isinstance(size, (tuple, list, torch.Size)):
+        height, width = (int(v) for v in size)
+        return height, width
+    return int(size), int(size)
+
+
+def _crop_centre(texture: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """The centre (H, W) of a larger [3, S, S] texture (the texture itself when it fits)."""
+    height, width = shape
+    if tuple(texture.shape[-2:]) == (height, width):
+        return texture
+    top, left = (texture.shape[-2] - height) // 2, (texture.shape[-1] - width) // 2
+    return texture[..., top:top + height, left:left + width].contiguous()
+
+
 class TextureSource:
-    """Gives [3, S, S] textures in [0, 1]; ``name`` says where they come from."""
+    """Gives [3, H, W] textures in [0, 1] (``size`` an int S: S x S, or an (H, W) pair);
+    ``name`` says where they come from."""
 
     name = "base"
 
-    def sample(self, rng: np.random.Generator, size: int, exclude: int | None = None
+    def sample(self, rng: np.random.Generator, size: TextureSize, exclude: int | None = None
                ) -> torch.Tensor:
         raise NotImplementedError
 
 
 class ProceduralTextures(TextureSource):
+    """Made square at the longer side and centre-cropped, so the pattern is not stretched."""
+
     name = "procedural"
 
-    def sample(self, rng: np.random.Generator, size: int, exclude: int | None = None
+    def sample(self, rng: np.random.Generator, size: TextureSize, exclude: int | None = None
                ) -> torch.Tensor:
-        return torch.from_numpy(procedural_texture(rng, size))
+        shape = _texture_shape(size)
+        return _crop_centre(torch.from_numpy(procedural_texture(rng, max(shape))), shape)
 
 
 class ImageTextures(TextureSource):
-    """Textures drawn from given images [N, 3, S, S] (other training images) with jitter."""
+    """Textures drawn from given images [N, 3, H, W] (other training images) with jitter."""
 
     name = "train_images"
 
@@ -262,15 +290,16 @@ class ImageTextures(TextureSource):
             raise TextureUnavailable("texture_source='train_images' got no images")
         self.images = images
 
-    def sample(self, rng: np.random.Generator, size: int, exclude: int | None = None
+    def sample(self, rng: np.random.Generator, size: TextureSize, exclude: int | None = None
                ) -> torch.Tensor:
         n = self.images.shape[0]
         index = int(rng.integers(0, n))
         if exclude is not None and n > 1 and index == exclude:
             index = (index + 1 + int(rng.integers(0, n - 1))) % n
         image = self.images[index].float().cpu()
-        if image.shape[-1] != size:
-            image = F.interpolate(image[None], size=(size, size), mode="bilinear",
+        shape = _texture_shape(size)
+        if tuple(image.shape[-2:]) != shape:
+            image = F.interpolate(image[None], size=shape, mode="bilinear",
                                   align_corners=False)[0]
         return jitter(image, rng)
 
@@ -282,10 +311,12 @@ class FileTextures(TextureSource):
         self.files = list(files)
         self.name = name
 
-    def sample(self, rng: np.random.Generator, size: int, exclude: int | None = None
+    def sample(self, rng: np.random.Generator, size: TextureSize, exclude: int | None = None
                ) -> torch.Tensor:
         from PIL import Image
 
+        shape = _texture_shape(size)
+        size = max(shape)  # a square crop at the longer side, centre-cropped to the shape
         path = self.files[int(rng.integers(0, len(self.files)))]
         with Image.open(path) as image:
             rgb = image.convert("RGB")
@@ -296,7 +327,7 @@ class FileTextures(TextureSource):
         rgb = rgb.crop((left, top, left + crop, top + crop)).resize((size, size),
                                                                     Image.Resampling.BILINEAR)
         array = np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / 255.0
-        return jitter(torch.from_numpy(np.ascontiguousarray(array)), rng)
+        return _crop_centre(jitter(torch.from_numpy(np.ascontiguousarray(array)), rng), shape)
 
 
 def _folder_files(root: Path) -> list[Path]:
@@ -356,13 +387,13 @@ def texture_source(config: GASConfig, train_images: torch.Tensor | None = None
 def make_las_images(images: torch.Tensor, n_variants: int, textures: TextureSource,
                     rng: np.random.Generator, indices: Sequence[int] | None = None,
                     foreground: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n_variants`` LAS images per image [N, 3, S, S] -> ([N*V, 3, S, S], bool [N*V, S, S]).
+    """``n_variants`` LAS images per image [N, 3, H, W] -> ([N*V, 3, H, W], bool [N*V, H, W]).
 
     Variants of one image are consecutive. ``indices`` are the images' positions in the
     training set (so ``train_images`` textures skip the image itself). ``foreground``: masks
     only on each image's object (``foreground_mask``).
     """
-    size = images.shape[-1]
+    shape = (int(images.shape[-2]), int(images.shape[-1]))
     out = torch.empty(images.shape[0] * n_variants, *images.shape[1:], dtype=images.dtype)
     masks = torch.empty(images.shape[0] * n_variants, *images.shape[-2:], dtype=torch.bool)
     row = 0
@@ -370,9 +401,8 @@ def make_las_images(images: torch.Tensor, n_variants: int, textures: TextureSour
         image = images[i].cpu()
         allowed = foreground_mask(image.numpy()) if foreground else None
         for _ in range(n_variants):
-            mask = torch.from_numpy(perlin_mask(tuple(images.shape[-2:]), rng,
-                                                foreground=allowed))
-            texture = textures.sample(rng, size, exclude=None if indices is None else indices[i])
+            mask = torch.from_numpy(perlin_mask(shape, rng, foreground=allowed))
+            texture = textures.sample(rng, shape, exclude=None if indices is None else indices[i])
             out[row] = blend(image, texture.to(image.dtype), mask, sample_beta(rng))
             masks[row] = mask
             row += 1
@@ -407,7 +437,7 @@ class LASPool:
     features: torch.Tensor  # [N_las, P, D]
     labels: torch.Tensor  # [N_las, P] float 0/1
     source: torch.Tensor  # [N_las] index of the training image each LAS image was made from
-    masks: torch.Tensor  # [N_las, S, S] bool pixel masks (CPU), for plots and checks
+    masks: torch.Tensor  # [N_las, H, W] bool pixel masks (CPU), for plots and checks
     seconds: float  # wall time to generate and embed the pool
     generation: int = 0  # which rebuild (las_regenerate_every) made it
     texture_source: str = "procedural"
@@ -445,13 +475,22 @@ def las_seed(seed: int, generation: int) -> np.random.SeedSequence:
     return np.random.SeedSequence([int(seed) % 2**32, int(generation), 0x1A5])
 
 
+def pool_images(n_images: int, budget: int, seed: int) -> list[int]:
+    """Which training images get LAS variants: all of them, or a seeded subset of ``budget``
+    (``las_pool_images``), so the pool's cost stays flat however large the category is."""
+    if budget <= 0 or budget >= n_images:
+        return list(range(n_images))
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed) % 2**32, 0x9001]))
+    return sorted(int(i) for i in rng.choice(n_images, size=budget, replace=False))
+
+
 def build_las_pool(detector_or_extractor: Any, images: torch.Tensor, config: GASConfig | None = None,
                    *, generation: int = 0, device: torch.device | str | None = None,
                    progress: bool = True, chunk: int = 32) -> LASPool:
     """Make ``config.las_variants`` LAS images per training image and embed them once.
 
     ``detector_or_extractor``: a ``GASDetector`` (its extractor, device and config are used) or
-    a ``FeatureExtractor`` (then pass ``config`` and ``device``). ``images`` [N, 3, S, S] in
+    a ``FeatureExtractor`` (then pass ``config`` and ``device``). ``images`` [N, 3, H, W] in
     [0, 1]. Built in chunks so the LAS images never all sit in memory; the same seed and
     ``generation`` give the same pool.
     """
@@ -470,20 +509,21 @@ def build_las_pool(detector_or_extractor: Any, images: torch.Tensor, config: GAS
     started = time.perf_counter()
     rng = np.random.default_rng(las_seed(config.seed, generation))
     textures = texture_source(config, images)
-    grid = extractor.grid_size(images.shape[-1])
+    grid = extractor.grid_size(tuple(images.shape[-2:]))
     feats, labels, masks = [], [], []
     batch = max(config.batch_size, 8)
-    starts = range(0, images.shape[0], chunk)
+    chosen = pool_images(images.shape[0], config.las_pool_images, config.seed)
+    starts = range(0, len(chosen), chunk)
     for start in tqdm(starts, desc="LAS pool", disable=not progress, leave=False):
-        part = images[start:start + chunk]
-        idx = list(range(start, start + part.shape[0]))
+        idx = chosen[start:start + chunk]
+        part = images[idx]
         las_images, las_masks = make_las_images(part, config.las_variants, textures, rng, idx,
                                                 config.las_foreground)
         feats.append(compute_features(extractor, las_images, device, batch_size=batch,
                                       amp=config.amp, progress=False))
         labels.append(patch_labels(las_masks, grid))
         masks.append(las_masks)
-    source = torch.arange(images.shape[0]).repeat_interleave(config.las_variants)
+    source = torch.tensor(chosen, dtype=torch.long).repeat_interleave(config.las_variants)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return LASPool(torch.cat(feats), torch.cat(labels).to(device), source, torch.cat(masks),
@@ -495,9 +535,9 @@ def build_las_pool(detector_or_extractor: Any, images: torch.Tensor, config: GAS
 class LASPreview:
     """A few training images with LAS variants made exactly as the pool makes its first ones."""
 
-    images: torch.Tensor  # [N, 3, S, S]
-    las_images: torch.Tensor  # [N * V, 3, S, S]
-    masks: torch.Tensor  # [N * V, S, S] bool
+    images: torch.Tensor  # [N, 3, H, W]
+    las_images: torch.Tensor  # [N * V, 3, H, W]
+    masks: torch.Tensor  # [N * V, H, W] bool
     labels: torch.Tensor  # [N * V, P] patch labels on the feature grid
     grid: tuple[int, int]
     texture_source: str
@@ -505,7 +545,7 @@ class LASPreview:
 
 def preview(config: GASConfig, images: torch.Tensor, n_images: int = 4,
             grid: tuple[int, int] | None = None) -> LASPreview:
-    """LAS variants of the first ``n_images`` of ``images`` (all training images [N, 3, S, S],
+    """LAS variants of the first ``n_images`` of ``images`` (all training images [N, 3, H, W],
     so that ``train_images`` textures draw from the same set as in training). Same seed and
     order as ``build_las_pool``, so these are the pool's first entries."""
     rng = np.random.default_rng(las_seed(config.seed, 0))
@@ -513,8 +553,8 @@ def preview(config: GASConfig, images: torch.Tensor, n_images: int = 4,
     part = images[:n_images]
     las_images, masks = make_las_images(part, config.las_variants, textures, rng,
                                         list(range(part.shape[0])), config.las_foreground)
-    size = images.shape[-1]
-    grid = grid or (max(1, size // 8), max(1, size // 8))
+    height, width = images.shape[-2:]
+    grid = grid or (max(1, height // 8), max(1, width // 8))
     return LASPreview(part, las_images, masks, patch_labels(masks, grid), grid, textures.name)
 
 

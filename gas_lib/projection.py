@@ -46,8 +46,8 @@ def _adapt(detector: GASDetector, samples: Sequence[Sample]) -> torch.Tensor:
 
 def _defect_cells(detector: GASDetector, samples: Sequence[Sample]) -> torch.Tensor:
     """bool [N, P]: grid cells whose ground-truth coverage reaches DEFECT_COVER."""
-    size, crop = detector.config.image_size, detector.config.center_crop
-    masks = torch.stack([load_mask(s.mask_path, size, crop) for s in samples]).float()
+    shape, crop = detector.config.input_shape, detector.config.center_crop
+    masks = torch.stack([load_mask(s.mask_path, shape, crop) for s in samples]).float()
     cover = F.adaptive_avg_pool2d(masks[:, None], detector.grid)[:, 0]
     return (cover >= DEFECT_COVER).flatten(1)
 

@@ -3,7 +3,9 @@
 ``train_and_evaluate`` is what ``python -m gas_lib train`` and the notebooks call. Its output
 folder holds ``metrics.json`` (metrics, config, selection protocol, versions, device, timings),
 ``per_defect.csv``, ``history.csv``, the figures and the selected model, each written
-atomically so an interrupted run never leaves a half-written file behind.
+atomically so an interrupted run never leaves a half-written file behind. ``method="knn"``
+fits the nearest-neighbour baseline (``knn.KNNDetector``) instead of GAS and writes the same
+files with the same ``metrics.json`` keys (``"method"`` says which).
 """
 
 from __future__ import annotations
@@ -21,15 +23,36 @@ import torch
 
 from . import plots
 from .config import GASConfig
-from .data import load_split
+from .data import config_for_data, load_split
+from .detector import PatchDetector
 from .evaluate import Predictions, evaluate, make_test_tracker
 from .train import GASDetector
+
+METHODS = ("gas", "knn")
 
 SELECTION_LABELS = {
     "last": "honest: last epoch",
     "validation": "honest: lowest held-out GAS loss on a validation split of train/good",
     "oracle": "ORACLE: best test-set image+pixel AUROC (tunes on the test set; not a fair result)",
 }
+# what metrics.json says about model selection for a detector without epochs
+NO_SELECTION = ("none", "none: a nearest-neighbour memory bank has no epochs to choose from")
+
+
+def detector_method(detector: PatchDetector) -> str:
+    """``"knn"`` for the nearest-neighbour baseline, ``"gas"`` for GAS (and GLASS)."""
+    return getattr(detector, "method", "gas")
+
+
+def make_detector(config: GASConfig, method: str = "gas") -> PatchDetector:
+    """An unfitted detector of ``method`` (``"gas"`` or ``"knn"``) with ``config``."""
+    if method == "gas":
+        return GASDetector(config)
+    if method == "knn":
+        from .knn import KNNDetector
+
+        return KNNDetector(config)
+    raise ValueError(f"method={method!r}: expected one of {METHODS}")
 
 
 def environment_info() -> dict[str, Any]:
@@ -92,7 +115,7 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
-def save_figures(detector: GASDetector, predictions: Predictions, category: str,
+def save_figures(detector: PatchDetector, predictions: Predictions, category: str,
                  out_dir: Path, threshold: float | None = None) -> list[Path]:
     """The starting project's file names plus PR, score and anomaly-map figures."""
     saved = []
@@ -128,34 +151,47 @@ def save_figures(detector: GASDetector, predictions: Predictions, category: str,
     return saved
 
 
-def metrics_record(detector: GASDetector, metrics: dict[str, Any], *, category: str,
+def metrics_record(detector: PatchDetector, metrics: dict[str, Any], *, category: str,
                    n_train: int | None, n_test: int, model_file: str | Path | None = None,
                    total_seconds: float | None = None) -> dict[str, Any]:
     """The ``metrics.json`` dictionary: metrics, selection, timings, config, environment.
 
     ``total_seconds`` defaults to features + training + evaluation (what a notebook run that
-    fits and evaluates in separate steps can add up).
+    fits and evaluates in separate steps can add up). GAS and the nearest-neighbour baseline
+    get the same keys; what does not apply to one is ``None`` (the baseline's
+    ``train_seconds`` is its coreset selection, its ``selection`` is ``"none"``).
     """
     config = detector.config
     timings = detector.timings
+    method = detector_method(detector)
+    if method == "gas":
+        selection, selection_label = config.selection, SELECTION_LABELS[config.selection]
+    else:
+        selection, selection_label = NO_SELECTION
+    spectral = getattr(detector, "spectral", None)
+    las_pool = getattr(detector, "las_pool", None)
+    bank = getattr(detector, "bank", None)
     train_s = timings.get("train_seconds", float("nan"))
     feature_s = timings.get("feature_seconds", float("nan"))
     if total_seconds is None:
         total_seconds = float(np.nansum([train_s, feature_s,
                                          metrics.get("eval_seconds", float("nan"))]))
     return {
-        "category": category, **metrics,
+        "category": category, "method": method, **metrics,
         "train_seconds": train_s, "feature_seconds": feature_s,
         "las_pool_seconds": timings.get("las_pool_seconds", 0.0),
         "tracking_seconds": timings.get("tracking_seconds"),
         "total_seconds": total_seconds,
-        "selection": config.selection, "selection_label": SELECTION_LABELS[config.selection],
+        "selection": selection, "selection_label": selection_label,
         "selected_epoch": detector.selected_epoch, "epochs_run": len(detector.history),
         "n_train": n_train, "n_test": n_test,
-        "profile": config.profile, "backbone": config.backbone, "synthesis": config.synthesis,
-        "variant": detector.variant, "variant_choice": detector.variant_choice,
-        "spectral": detector.spectral.summary() if detector.spectral is not None else None,
-        "las_pool_size": len(detector.las_pool) if detector.las_pool is not None else None,
+        "profile": config.profile, "backbone": config.backbone,
+        "synthesis": config.synthesis if method == "gas" else None,
+        "variant": getattr(detector, "variant", None),
+        "variant_choice": getattr(detector, "variant_choice", None),
+        "spectral": spectral.summary() if spectral is not None else None,
+        "las_pool_size": len(las_pool) if las_pool is not None else None,
+        "bank_size": int(bank.shape[0]) if bank is not None else None,
         "config": config.to_dict(), "environment": environment_info(),
         "model_path": Path(model_file).name if model_file else None,
     }
@@ -163,25 +199,33 @@ def metrics_record(detector: GASDetector, metrics: dict[str, Any], *, category: 
 
 def train_and_evaluate(data_root: str | Path, category: str, config: GASConfig,
                        out_dir: str | Path, *, track_every: int = 0, resume: bool = True,
-                       figures: bool = True, progress: bool = True) -> dict[str, Any]:
+                       figures: bool = True, progress: bool = True, method: str = "gas"
+                       ) -> dict[str, Any]:
     """Fit on ``train/good``, evaluate on ``test``, write every artefact into ``out_dir``.
 
     ``track_every > 0`` scores the test split every that many epochs, for the curves only
     (unless the config's selection is ``oracle``, which is then labelled as such).
+    ``method="knn"``: the nearest-neighbour baseline instead of GAS (no epochs: no
+    checkpoints, tracking or training curves; ``history.csv`` is empty).
     """
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}: expected one of {METHODS}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     train_samples = load_split(data_root, category, "train")
     test_samples = load_split(data_root, category, "test")
-    if config.selection == "oracle" and track_every <= 0:
-        track_every = 1
-    tracker = make_test_tracker(test_samples, track_every) if track_every > 0 else None
+    config = config_for_data(config, train_samples)  # keep_aspect: the images' own proportions
     config.to_json(out_dir / "config.json")
-
-    detector = GASDetector(config)
-    detector.fit(train_samples, checkpoint_dir=out_dir / "checkpoints", resume=resume,
-                 epoch_callback=tracker, progress=progress)
+    detector = make_detector(config, method)
+    if method == "gas":
+        if config.selection == "oracle" and track_every <= 0:
+            track_every = 1
+        tracker = make_test_tracker(test_samples, track_every) if track_every > 0 else None
+        detector.fit(train_samples, checkpoint_dir=out_dir / "checkpoints", resume=resume,
+                     epoch_callback=tracker, progress=progress)
+    else:
+        detector.fit(train_samples, progress=progress)
     model_path = detector.save(out_dir / f"best_model_{category}.pth")
     write_csv(detector.history, out_dir / "history.csv")
 

@@ -3,8 +3,9 @@
 ``01_training`` calls ``make_config`` and ``fit_detector`` (fit with checkpoints, optional
 per-epoch monitoring on cached test features, model + history saved); ``03_evaluation`` calls
 ``evaluate_detector`` (metrics overall and per defect type, ``metrics.json`` built by
-``gas_lib.report.metrics_record``, as the command line's ``train`` writes it) and the figure
-helpers below.
+``gas_lib.report.metrics_record``, as the command line's ``train`` writes it), the figure
+helpers below, and ``fit_and_evaluate_baseline`` with the comparison tables and maps of GAS
+against the nearest-neighbour baseline (``baseline_metrics.json``, ``baseline_per_defect.csv``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from sklearn.metrics import auc, precision_recall_curve, roc_curve
 
 from . import plots
 from .config import GASConfig
-from .data import Sample, load_images, load_mask, load_split
+from .data import Sample, config_for_data, load_images, load_mask, load_split
 from .evaluate import Predictions, auroc, evaluate
 from .report import SELECTION_LABELS, metrics_record, write_csv, write_json
 from .summary import paper_numbers
@@ -72,7 +74,8 @@ def make_config(profile: str = "auto", *, seed: int = 0, epochs: int | None = No
 
 def config_table(config: GASConfig) -> pd.DataFrame:
     """The settings a reader needs to understand a run, as a two-column table."""
-    keys = ("profile", "backbone", "embedding", "image_size", "center_crop", "target_embed_dim",
+    keys = ("profile", "backbone", "embedding", "image_size", "center_crop", "keep_aspect",
+            "aspect", "target_embed_dim",
             "disc_hidden", "epochs", "batch_size", "adaptor_optimizer", "adaptor_lr",
             "disc_optimizer", "disc_lr", "lr_schedule", "ema_decay", "noise_std", "eta", "n_step",
             "n_proj", "r1", "r2", "variant", "selection", "seed", "device")
@@ -83,8 +86,10 @@ def config_table(config: GASConfig) -> pd.DataFrame:
 
 
 def read_train_images(config: GASConfig, samples: Sequence[Sample]) -> torch.Tensor:
-    """The images [N, 3, S, S] in [0, 1] at the config's size, as training reads them."""
-    return load_images([s.image_path for s in samples], config.image_size, config.center_crop,
+    """The images [N, 3, H, W] in [0, 1] at the input shape a fit on ``samples`` uses
+    (``config_for_data``: with ``keep_aspect`` their own proportions), as training reads them."""
+    config = config_for_data(config, samples)
+    return load_images([s.image_path for s in samples], config.input_shape, config.center_crop,
                        progress=False)
 
 
@@ -133,10 +138,10 @@ class EpochMonitor:
 
     def track(self, detector: GASDetector) -> dict[str, float]:
         if self._features is None:
-            size, crop = detector.config.image_size, detector.config.center_crop
+            shape, crop = detector.config.input_shape, detector.config.center_crop
             self._features = detector.embed(self.samples, progress=False)
             self._labels = np.array([s.label for s in self.samples])
-            self._masks = np.stack([load_mask(s.mask_path, size, crop).numpy()
+            self._masks = np.stack([load_mask(s.mask_path, shape, crop).numpy()
                                     for s in self.samples])
         scores, maps = score_cached(detector, self._features)
         return {"image_auroc": auroc(self._labels, scores),
@@ -144,7 +149,7 @@ class EpochMonitor:
 
 
 def score_cached(detector: GASDetector, features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Image scores [N] and maps [N, S, S] (float32 numpy) from cached features [N, P, D]."""
+    """Image scores [N] and maps [N, H, W] (float32 numpy) from cached features [N, P, D]."""
     scores, maps = [], []
     for start in range(0, features.shape[0], SCORE_BATCH):
         s, m = detector.score_features(features[start:start + SCORE_BATCH])
@@ -165,7 +170,10 @@ def fit_detector(config: GASConfig, train_samples: Sequence[Sample], out_dir: st
       (``None``: about five times per fit; ``0``: never). Monitoring only.
     - ``interactive``: progress bars in JupyterLab; otherwise a few plain text lines, which
       read well in an HTML report.
+    - With ``keep_aspect`` the input's aspect is set from ``train_samples`` first
+      (``config_for_data``); the saved model and ``config.json`` record it.
     """
+    config = config_for_data(config, train_samples)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if track_every is None:
@@ -205,8 +213,10 @@ def describe_training(detector: GASDetector) -> str:
     if h.empty:
         return "No epochs were run."
     last = h.iloc[-1]
+    height, width = detector.config.input_shape
+    pixels = f"{height} px" if height == width else f"{height} x {width} px"
     lines = [f"- {len(h)} epochs of {detector.config.profile!r} ({detector.config.backbone}, "
-             f"{detector.config.image_size} px) took {h['seconds'].sum():.0f} s "
+             f"{pixels}) took {h['seconds'].sum():.0f} s "
              f"({h['seconds'].mean():.1f} s per epoch); the model kept is epoch "
              f"{detector.selected_epoch} ({SELECTION_LABELS[detector.config.selection]}).",
              f"- Final losses: normal {last['loss_normal']:.3f}, synthetic anomaly "
@@ -352,4 +362,156 @@ def plot_examples(detector: GASDetector, predictions: Predictions, kind: str, k:
              "worst": "Worst-detected defective images (lowest scores)",
              "false_positive": "Good images with the highest scores (false-positive candidates)"}
     fig.suptitle(names[kind])
+    return fig
+
+
+# --- nearest-neighbour baseline ---------------------------------------------------------------
+BASELINE_METRICS = "baseline_metrics.json"
+BASELINE_PER_DEFECT = "baseline_per_defect.csv"
+BASELINE_COMPARED = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"),
+                     ("aupro", "AUPRO (FPR <= 0.3)"), ("image_ap", "image AP"),
+                     ("pixel_ap", "pixel AP"), ("f1_max", "image F1-max"))
+
+
+@dataclass
+class BaselineRun:
+    """What ``fit_and_evaluate_baseline`` returns: the fitted baseline, its ``metrics.json``
+    record, its per-defect table and its test predictions (maps included)."""
+
+    detector: Any  # knn.KNNDetector
+    record: dict[str, Any]
+    per_defect: pd.DataFrame
+    predictions: Predictions
+
+
+def fit_and_evaluate_baseline(config: GASConfig, data_root: str | Path, category: str,
+                              out_dir: str | Path, *, progress: bool = False) -> BaselineRun:
+    """Fit the nearest-neighbour baseline (``knn.KNNDetector``) on ``train/good`` with GAS's
+    config (same backbone, image size and feature cache, so the same patch features) and
+    evaluate it on ``test`` exactly as GAS is evaluated; write ``baseline_metrics.json``
+    (built by ``report.metrics_record``, as ``metrics.json``) and ``baseline_per_defect.csv``
+    atomically into ``out_dir``."""
+    from .knn import KNNDetector
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train = load_split(data_root, category, "train")
+    test = load_split(data_root, category, "test")
+    detector = KNNDetector(config).fit(train, progress=progress)
+    metrics, per_defect, predictions = evaluate(detector, test, progress=progress)
+    record = metrics_record(detector, metrics, category=category, n_train=len(train),
+                            n_test=len(test))
+    write_csv(per_defect, out_dir / BASELINE_PER_DEFECT)
+    write_json(record, out_dir / BASELINE_METRICS)
+    return BaselineRun(detector, record, per_defect, predictions)
+
+
+def method_fit_seconds(record: dict[str, Any]) -> float:
+    """A method's own fitting work on top of the backbone features of the training images:
+    GAS's training epochs plus its LAS pool, the baseline's coreset selection."""
+    parts = [record.get("train_seconds"), record.get("las_pool_seconds")]
+    values = [float(v) for v in parts if v is not None]
+    return float(np.nansum(values)) if values else float("nan")
+
+
+def baseline_comparison(record: dict[str, Any], baseline: dict[str, Any]) -> pd.DataFrame:
+    """GAS vs the nearest-neighbour baseline: metrics, difference and fit seconds."""
+    rows = [(label, record.get(key), baseline.get(key)) for key, label in BASELINE_COMPARED]
+    frame = pd.DataFrame(rows, columns=["metric", "GAS", "k-NN baseline"])
+    frame["GAS - baseline"] = (pd.to_numeric(frame["GAS"], errors="coerce")
+                               - pd.to_numeric(frame["k-NN baseline"], errors="coerce"))
+    seconds = pd.DataFrame([
+        ("fit seconds (without backbone features)", method_fit_seconds(record),
+         method_fit_seconds(baseline)),
+        ("backbone features of the training images, s (0 when cached)",
+         record.get("feature_seconds"), baseline.get("feature_seconds")),
+        ("inference, s (whole test split)", record.get("eval_seconds"),
+         baseline.get("eval_seconds")),
+    ], columns=["metric", "GAS", "k-NN baseline"])
+    return pd.concat([frame, seconds], ignore_index=True).set_index("metric")
+
+
+def describe_baseline(record: dict[str, Any], baseline: dict[str, Any]) -> str:
+    """Markdown sentences: does GAS beat the baseline, metric by metric, and at what cost."""
+    parts = []
+    for key, label in BASELINE_COMPARED[:3]:
+        ours, base = record.get(key), baseline.get(key)
+        if ours is None or base is None or not (np.isfinite(ours) and np.isfinite(base)):
+            continue
+        verdict = "ahead" if ours > base else ("level" if ours == base else "behind")
+        parts.append(f"{label} {ours:.4f} vs {base:.4f} (GAS {verdict}, {ours - base:+.4f})")
+    lines = ["- GAS vs the k-NN baseline: " + ("; ".join(parts) if parts else "no comparable "
+                                                  "metrics") + "."]
+    bank = baseline.get("bank_size")
+    lines.append(f"- Fit without backbone features: GAS {method_fit_seconds(record):.1f} s, "
+                 f"baseline {method_fit_seconds(baseline):.1f} s (coreset of "
+                 f"{bank if bank is not None else '?'} patch vectors).")
+    return "\n".join(lines)
+
+
+def baseline_per_defect(per_defect: pd.DataFrame, baseline: pd.DataFrame,
+                        metrics: Sequence[str] = ("image_auroc", "pixel_auroc", "aupro")
+                        ) -> pd.DataFrame:
+    """Per defect type, each metric of GAS next to the baseline's."""
+    columns = [m for m in metrics if m in per_defect and m in baseline]
+    left = per_defect.set_index("defect_type")[["n_images", *columns]]
+    right = baseline.set_index("defect_type")[columns]
+    merged = left.merge(right, left_index=True, right_index=True, how="left",
+                        suffixes=(" GAS", " k-NN"))
+    ordered = ["n_images"] + [f"{m} {who}" for m in columns for who in ("GAS", "k-NN")]
+    return merged[ordered]
+
+
+def pick_comparison_images(predictions: Predictions, k: int = 4) -> np.ndarray:
+    """Test images for side-by-side maps, chosen without looking at any score: the first
+    image of each defect type in test order, then the first good image; at most ``k``."""
+    types = predictions.defect_types
+    defective = np.flatnonzero(predictions.labels == 1)
+    firsts = [int(defective[types[defective] == t][0]) for t in dict.fromkeys(types[defective])]
+    good = np.flatnonzero(predictions.labels == 0)[:1].tolist()
+    chosen = firsts[:max(0, k - len(good))] + good
+    return np.array(chosen[:k], dtype=int)
+
+
+def plot_baseline_maps(detector: GASDetector, predictions: Predictions,
+                       baseline_predictions: Predictions, k: int = 4) -> Figure:
+    """Image with its ground truth | GAS map | baseline map for the same test images.
+
+    The two methods score in different units (discriminator output vs feature distance), so
+    each map column has its own colour scale, the range of that method's maps over the whole
+    test split: equally hot means equally extreme for that method.
+    """
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    pick = pick_comparison_images(predictions, k)
+    if pick.size == 0:
+        fig = Figure(figsize=(6, 1.5))
+        fig.text(0.5, 0.5, "no test images", ha="center", va="center")
+        return fig
+    images = plots._to_hwc(detector.read_images([predictions.samples[i] for i in pick]).numpy())
+    fig = Figure(figsize=(9.0, 2.9 * len(pick) + 1.0), layout="constrained")
+    axes = fig.subplots(len(pick), 3, squeeze=False)
+    columns = (("GAS", predictions), ("k-NN baseline", baseline_predictions))
+    for col, (name, preds) in enumerate(columns, start=1):
+        vmin, vmax = float(preds.maps.min()), float(preds.maps.max())
+        for row, i in enumerate(pick):
+            ax = axes[row, col]
+            ax.imshow(images[row])
+            ax.imshow(preds.maps[i].astype(np.float32), cmap=plots.HEAT_CMAP, alpha=0.5,
+                      vmin=vmin, vmax=vmax)
+            ax.set_title(f"{name}: score {preds.image_scores[i]:.3f}", fontsize="small")
+        scale = ScalarMappable(norm=Normalize(vmin=vmin, vmax=vmax), cmap=plots.HEAT_CMAP)
+        fig.colorbar(scale, ax=list(axes[:, col]), location="bottom", shrink=0.9,
+                     aspect=25, label=f"{name} score")
+    height, width = images.shape[1:3]
+    for row, i in enumerate(pick):
+        axes[row, 0].imshow(images[row])
+        axes[row, 0].set_title(f"{predictions.defect_types[i]} "
+                               f"{predictions.samples[i].image_path.name}", fontsize="small")
+        for ax in axes[row]:
+            plots._outline(ax, predictions.masks[i], height, width)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle("Same test images: GAS vs the nearest-neighbour baseline (ground truth in red)")
     return fig

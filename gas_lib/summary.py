@@ -1,8 +1,10 @@
 """The study's front page: ``reports/index.html`` and ``reports/summary.csv``.
 
-One row per category with our metrics next to the GLASS paper's published numbers, the
-profile, backbone and timings, links to every notebook report, and, for a category that
-failed, the failing step with links to its log and partial report. Run by ``run_all.sh``::
+One row per category with our metrics next to the GLASS paper's published numbers and the
+nearest-neighbour baseline's (``baseline_metrics.json``, written by ``03_evaluation``; blank
+when absent), the profile, backbone and timings, links to every notebook report, and, for a
+category that failed, the failing step with links to its log and partial report. Run by
+``run_all.sh``::
 
     python -m gas_lib.summary --reports reports --categories bracket_white metal_plate
 """
@@ -42,10 +44,15 @@ PAPER_SOURCE = ("GLASS paper (Chen et al., ECCV 2024, arXiv 2407.09359), MPDD ta
 
 NOTEBOOKS = ("00_data_exploration", "01_training", "02_gas_ablation", "03_evaluation")
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap", "f1_max")
+BASELINE_FILE = "baseline_metrics.json"
+# the nearest-neighbour baseline's numbers in the row, from its baseline_metrics.json
+BASELINE_COLUMNS = {"baseline_image_auroc": "image_auroc", "baseline_pixel_auroc": "pixel_auroc",
+                    "baseline_aupro": "aupro", "baseline_fit_seconds": "train_seconds"}
 FAILED_MARKER = "FAILED"
 LOG_NAME = "run.log"
 COLUMNS = ["category", "status", "failed_step", "error", *METRICS,
-           "paper_glass_image_auroc", "paper_glass_pixel_auroc", "profile", "backbone",
+           "paper_glass_image_auroc", "paper_glass_pixel_auroc", *BASELINE_COLUMNS,
+           "profile", "backbone",
            "synthesis", "variant", "image_size", "epochs", "selection", "train_seconds", "feature_seconds",
            "eval_seconds", "images_per_second", "device", "git_commit", "reports", "log"]
 
@@ -77,6 +84,7 @@ def category_row(reports_dir: str | Path, category: str, profile: str | None = N
     """Status, metrics and links of one category from ``reports/<category>``."""
     folder = Path(reports_dir) / category
     metrics = _read_json(folder / "metrics.json")
+    baseline = _read_json(folder / BASELINE_FILE)
     failed = folder / FAILED_MARKER
     row: dict[str, Any] = {c: None for c in COLUMNS}
     row.update(category=category, profile=profile, reports=_reports(folder),
@@ -92,12 +100,16 @@ def category_row(reports_dir: str | Path, category: str, profile: str | None = N
         row["status"] = "ok"
     else:
         row["status"] = "not run" if not folder.is_dir() else "incomplete"
+    if isinstance(baseline, dict):
+        row.update({column: _number(baseline.get(key))
+                    for column, key in BASELINE_COLUMNS.items()})
     if metrics is not None:
         config = metrics.get("config") or {}
         env = metrics.get("environment") or {}
         row.update({k: metrics.get(k) for k in METRICS})
         row.update(profile=metrics.get("profile", profile), backbone=metrics.get("backbone"),
-                   synthesis=metrics.get("synthesis") or config.get("synthesis", "gas"),
+                   synthesis=("knn baseline" if metrics.get("method") == "knn" else
+                              metrics.get("synthesis") or config.get("synthesis", "gas")),
                    variant=metrics.get("variant") or config.get("variant"),
                    image_size=config.get("image_size"), epochs=config.get("epochs"),
                    selection=metrics.get("selection_label") or metrics.get("selection"),
@@ -107,6 +119,14 @@ def category_row(reports_dir: str | Path, category: str, profile: str | None = N
                    images_per_second=metrics.get("images_per_second"),
                    device=env.get("device"), git_commit=env.get("git_commit"))
     return row
+
+
+def _number(value: Any) -> float | None:
+    """A float from a JSON value, ``None`` for anything else (a blank cell, never a crash)."""
+    try:
+        return None if value is None or isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def discover_categories(reports_dir: str | Path) -> list[str]:
@@ -153,6 +173,7 @@ th, td { border: 1px solid #ccc; padding: 0.25rem 0.45rem; text-align: right; ve
 th { background: #f3f3f3; } td.l, th.l { text-align: left; }
 tr.failed td { background: #fdecea; } tr.ok td.status { color: #1a7f37; font-weight: 600; }
 tr.failed td.status { color: #b42318; font-weight: 600; }
+td.knn { color: #555; font-style: italic; } td.knn.ahead { background: #fff4d6; font-weight: 600; }
 .muted { color: #666; font-size: 0.88rem; } code { background: #f5f5f5; padding: 0 0.2rem; }
 img { max-width: 100%; } .wide { overflow-x: auto; }
 """
@@ -196,12 +217,20 @@ def _status_cell(row: dict[str, Any]) -> str:
     return f"{status}<div class='muted'>in {step}</div><div class='muted'>{error}</div>"
 
 
+def _knn_cell(ours: Any, baseline: Any) -> str:
+    """The baseline's value, highlighted when it beats ours (GAS did not earn its training)."""
+    ahead = _number(baseline) is not None and _number(ours) is not None \
+        and _number(baseline) > _number(ours)
+    return f"<td class='knn{' ahead' if ahead else ''}'>{_pct(baseline)}</td>"
+
+
 def _table(frame: pd.DataFrame) -> str:
     head = ("<tr><th class='l'>category</th><th class='l'>status</th>"
-            "<th>I-AUROC</th><th>paper</th><th>P-AUROC</th><th>paper</th><th>AUPRO</th>"
+            "<th>I-AUROC</th><th>k-NN</th><th>paper</th><th>P-AUROC</th><th>k-NN</th>"
+            "<th>paper</th><th>AUPRO</th><th>k-NN</th>"
             "<th>image AP</th><th>pixel AP</th><th>F1-max</th><th class='l'>profile / backbone / "
             "synthesis</th>"
-            "<th>image size</th><th>epochs</th><th>train</th><th>inference</th>"
+            "<th>image size</th><th>epochs</th><th>train</th><th>k-NN fit</th><th>inference</th>"
             "<th class='l'>reports</th></tr>")
     body = []
     for row in frame.to_dict("records"):
@@ -217,25 +246,40 @@ def _table(frame: pd.DataFrame) -> str:
         body.append(
             f"<tr class='{cls}'><td class='l'>{html.escape(row['category'])}</td>"
             f"<td class='l status'>{_status_cell(row)}</td>"
-            f"<td>{_pct(row['image_auroc'])}</td><td class='muted'>{_pct(row['paper_glass_image_auroc'])}</td>"
-            f"<td>{_pct(row['pixel_auroc'])}</td><td class='muted'>{_pct(row['paper_glass_pixel_auroc'])}</td>"
-            f"<td>{_pct(row['aupro'])}</td><td>{_pct(row['image_ap'])}</td><td>{_pct(row['pixel_ap'])}</td>"
+            f"<td>{_pct(row['image_auroc'])}</td>"
+            f"{_knn_cell(row['image_auroc'], row['baseline_image_auroc'])}"
+            f"<td class='muted'>{_pct(row['paper_glass_image_auroc'])}</td>"
+            f"<td>{_pct(row['pixel_auroc'])}</td>"
+            f"{_knn_cell(row['pixel_auroc'], row['baseline_pixel_auroc'])}"
+            f"<td class='muted'>{_pct(row['paper_glass_pixel_auroc'])}</td>"
+            f"<td>{_pct(row['aupro'])}</td>{_knn_cell(row['aupro'], row['baseline_aupro'])}"
+            f"<td>{_pct(row['image_ap'])}</td><td>{_pct(row['pixel_ap'])}</td>"
             f"<td>{_pct(row['f1_max'])}</td><td class='l'>{profile}</td>"
             f"<td>{row['image_size'] or '&ndash;'}</td><td>{row['epochs'] or '&ndash;'}</td>"
-            f"<td>{_seconds(row['train_seconds'])}</td><td>{infer}</td>"
+            f"<td>{_seconds(row['train_seconds'])}</td>"
+            f"<td class='knn'>{_seconds(row['baseline_fit_seconds'])}</td><td>{infer}</td>"
             f"<td class='l'>{_links(row)}</td></tr>")
     ok = frame[frame["status"] == "ok"]
     if len(ok) > 1:
         means = {m: pd.to_numeric(ok[m], errors="coerce").mean() for m in METRICS}
         paper_i = pd.to_numeric(ok["paper_glass_image_auroc"], errors="coerce").mean()
         paper_p = pd.to_numeric(ok["paper_glass_pixel_auroc"], errors="coerce").mean()
+        # the baseline's mean only over the same categories as ours: every ok row has one
+        base = {m: pd.to_numeric(ok[f"baseline_{m}"], errors="coerce")
+                for m in ("image_auroc", "pixel_auroc", "aupro")}
+        base = {m: (v.mean() if v.notna().all() else None) for m, v in base.items()}
         body.append(
             f"<tr><td class='l'><b>mean ({len(ok)} ok)</b></td><td></td>"
-            f"<td><b>{_pct(means['image_auroc'])}</b></td><td class='muted'>{_pct(paper_i)}</td>"
-            f"<td><b>{_pct(means['pixel_auroc'])}</b></td><td class='muted'>{_pct(paper_p)}</td>"
-            f"<td><b>{_pct(means['aupro'])}</b></td><td>{_pct(means['image_ap'])}</td>"
+            f"<td><b>{_pct(means['image_auroc'])}</b></td>"
+            f"{_knn_cell(means['image_auroc'], base['image_auroc'])}"
+            f"<td class='muted'>{_pct(paper_i)}</td>"
+            f"<td><b>{_pct(means['pixel_auroc'])}</b></td>"
+            f"{_knn_cell(means['pixel_auroc'], base['pixel_auroc'])}"
+            f"<td class='muted'>{_pct(paper_p)}</td>"
+            f"<td><b>{_pct(means['aupro'])}</b></td>{_knn_cell(means['aupro'], base['aupro'])}"
+            f"<td>{_pct(means['image_ap'])}</td>"
             f"<td>{_pct(means['pixel_ap'])}</td><td>{_pct(means['f1_max'])}</td>"
-            "<td colspan='6'></td></tr>")
+            "<td colspan='7'></td></tr>")
     return f"<div class='wide'><table>{head}{''.join(body)}</table></div>"
 
 
@@ -255,6 +299,9 @@ def _figure(frame: pd.DataFrame) -> str:
             if row[paper_key] is not None:
                 rows.append(dict(category=row["category"], metric=label, source="GLASS-m paper",
                                  value=row[paper_key]))
+            if _number(row.get(f"baseline_{metric}")) is not None:
+                rows.append(dict(category=row["category"], metric=label, source="k-NN baseline",
+                                 value=row[f"baseline_{metric}"]))
     long = pd.DataFrame(rows).dropna(subset=["value"])
     if long.empty:
         return ""
@@ -267,7 +314,10 @@ def _figure(frame: pd.DataFrame) -> str:
         if part.empty:
             continue
         sns.barplot(data=part, x="category", y="value", hue="source", ax=ax,
-                    palette={"ours": "tab:blue", "GLASS-m paper": "0.7"})
+                    palette={"ours": "tab:blue", "GLASS-m paper": "0.7",
+                             "k-NN baseline": "tab:orange"},
+                    hue_order=[h for h in ("ours", "k-NN baseline", "GLASS-m paper")
+                               if h in set(part["source"])])
         low = max(0.0, float(part["value"].min()) - 0.05)
         ax.set(ylim=(low, 1.006), xlabel="", ylabel="")
         ax.set_title(metric, pad=10)
@@ -307,13 +357,17 @@ def render_html(frame: pd.DataFrame, environment: dict[str, Any], *, profile: st
 Each category was run through the four notebooks (data exploration, training, GAS ablation,
 evaluation); the links open their HTML reports. Metrics are percentages on the category's test
 split, with the epoch chosen honestly (see each report's <i>selection</i>); the grey
-<i>paper</i> columns are the GLASS-m numbers published for the same class.</p>
+<i>paper</i> columns are the GLASS-m numbers published for the same class. The italic
+<i>k-NN</i> columns are the nearest-neighbour baseline (PatchCore-style coreset memory bank on
+the same backbone features, no training), fitted and evaluated in the evaluation notebook;
+a highlighted one beats GAS.</p>
 {_table(frame)}
 <p class="muted">Paper: {html.escape(PAPER_SOURCE)}. Its mean over the six MPDD classes is
 {paper_mean[0]} I-AUROC / {paper_mean[1]} P-AUROC / {paper_mean[2]} PRO; per-class PRO is not
 published. The paper picked each class's epoch on the test set, which flatters its numbers.
 Train time is the training epochs (GAS, plus LAS when the profile uses it; backbone features,
-the LAS pool and monitoring excluded); inference is
+the LAS pool and monitoring excluded); k-NN fit is the baseline's coreset selection (its
+backbone features excluded likewise); inference is
 the whole test split end to end (reading, backbone, heads, maps).</p>
 {_figure(frame)}
 <h2>Environment</h2>

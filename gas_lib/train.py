@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +19,15 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .backbone import FeatureExtractor, embed_images
-from .config import METHOD_VERSION, GASConfig, resolve_device
-from .data import Sample, load_images
-from .gas import (Shell, gas_losses, hypersphere_shell, manifold_shell, position_centres,
-                  project_to_shell, synthesize)
+from .config import METHOD_VERSION, GASConfig
+from .data import config_for_data
+from .detector import ImagesLike, PatchDetector, atomic_torch_save
+from .gas import (Shell, feature_scale, gas_losses, hypersphere_shell, manifold_shell,
+                  position_centres, project_to_shell, synthesize)
 from .las import LASPool, build_las_pool, focal_loss, pool_sampler
 from .model import Adaptor, Discriminator, WeightAverage, build_heads, build_optimizers
 from .spectral import SpectralResult, spectral_decision
 
-ImagesLike = torch.Tensor | Sequence[Sample] | Sequence[str | Path]
 EpochCallback = Callable[["GASDetector", int], dict[str, float]]
 LASBatch = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 LAS_SHELL = (2.0, 4.0)  # hypersphere: LAS anomalous patches go to [2 r_t, 4 r_t] around c
@@ -52,29 +50,7 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file and rename, so a crash never leaves half a checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian smoothing of [B, H, W] maps (reflect padding, radius 4 sigma)."""
-    if sigma <= 0:
-        return maps
-    radius = int(math.ceil(4 * sigma))
-    x = torch.arange(-radius, radius + 1, device=maps.device, dtype=maps.dtype)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    out = maps[:, None]
-    out = F.conv2d(F.pad(out, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
-    out = F.conv2d(F.pad(out, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
-    return out[:, 0]
-
-
-class GASDetector:
+class GASDetector(PatchDetector):
     """GAS anomaly detector in the scikit-learn spirit.
 
     >>> detector = GASDetector(GASConfig.preset("cpu")).fit(train_samples)
@@ -83,11 +59,7 @@ class GASDetector:
 
     def __init__(self, config: GASConfig | None = None, *, pretrained: bool = True,
                  **overrides: Any) -> None:
-        config = config or GASConfig.preset("auto")
-        self.config = config.replace(**overrides) if overrides else config
-        self.device = resolve_device(self.config.device)
-        self.pretrained = pretrained
-        self._extractor: FeatureExtractor | None = None
+        super().__init__(config, pretrained=pretrained, **overrides)
         self.adaptor: Adaptor | None = None
         self.discriminator: Discriminator | None = None
         self._average: WeightAverage | None = None  # ema_decay > 0: what scores while training
@@ -95,7 +67,7 @@ class GASDetector:
         self.radius: float | None = None
         self.history: pd.DataFrame = pd.DataFrame()
         self.selected_epoch: int | None = None
-        self.timings: dict[str, float] = {}
+        self.feature_scale: float | None = None  # radius_scale="relative": measured at fit
         self.las_pool: LASPool | None = None  # the LAS pool the last fit trained on
         self.spectral: SpectralResult | None = None  # the spectral test (variant="auto")
         self.variant_choice: str | None = None  # what variant="auto" chose
@@ -111,6 +83,15 @@ class GASDetector:
         return self.variant_choice
 
     @property
+    def radius_unit(self) -> float:
+        """What r1 and r2 are multiplied by: the measured feature scale (relative radii) or 1."""
+        if self.config.radius_scale == "absolute":
+            return 1.0
+        if self.feature_scale is None:
+            raise RuntimeError("radius_scale='relative' needs the feature scale: fit first")
+        return self.feature_scale
+
+    @property
     def uses_las(self) -> bool:
         return self.config.synthesis in ("las", "gas+las")
 
@@ -119,31 +100,6 @@ class GASDetector:
         self.spectral = spectral_decision(self.read_images(images))
         self.variant_choice = self.spectral.decision
         return self.spectral
-
-    # --- features ------------------------------------------------------------------------
-    @property
-    def extractor(self) -> FeatureExtractor:
-        if self._extractor is None:
-            self._extractor = FeatureExtractor.from_config(self.config, self.pretrained)
-            self._extractor.to(self.device)
-        return self._extractor
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        return FeatureExtractor.grid_size(self.config.image_size)
-
-    def read_images(self, images: ImagesLike, progress: bool = True) -> torch.Tensor:
-        """Images [N, 3, S, S] in [0, 1] from a tensor, ``Sample`` objects or file paths."""
-        if isinstance(images, torch.Tensor):
-            return images
-        paths = [s.image_path if isinstance(s, Sample) else Path(s) for s in images]
-        return load_images(paths, self.config.image_size, self.config.center_crop, progress)
-
-    def embed(self, images: ImagesLike, progress: bool = True) -> torch.Tensor:
-        """Cached backbone patch features [N, P, D] on the detector's device."""
-        return embed_images(self.extractor, self.read_images(images, progress), self.device,
-                            batch_size=max(self.config.batch_size, 8), amp=self.config.amp,
-                            cache_dir=self.config.feature_cache_dir, progress=progress)
 
     # --- training ------------------------------------------------------------------------
     def init_heads(self, dim: int) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
@@ -163,6 +119,8 @@ class GASDetector:
             progress: bool = True) -> "GASDetector":
         """Train on normal images; see ``fit_features`` for the options."""
         started = time.perf_counter()
+        if not isinstance(images, torch.Tensor):  # keep_aspect: the input shape of these files
+            self.config = config_for_data(self.config, images)
         images = self.read_images(images, progress)
         features = self.embed(images, progress=progress)
         self.timings["feature_seconds"] = time.perf_counter() - started
@@ -248,6 +206,8 @@ class GASDetector:
                 self._restore_centres(state)
 
         train_feats, val_feats = features[train_idx], features[val_idx]
+        if cfg.radius_scale == "relative":
+            self.feature_scale = feature_scale(train_feats, cfg.seed)
         train_pool = val_pool = None
         epochs = range(start_epoch, cfg.epochs + 1)
         bar = tqdm(epochs, desc="GAS epochs", disable=not progress, initial=start_epoch - 1,
@@ -345,6 +305,8 @@ class GASDetector:
         self.adaptor.train()
         self.discriminator.train()
         order = torch.randperm(n_images, generator=cpu_gen)
+        if 0 < cfg.images_per_epoch < n_images:  # a fixed budget per epoch, drawn afresh
+            order = order[:cfg.images_per_epoch]
         sums = {"loss_normal": 0.0, "loss_anomaly": 0.0}
         if las_batch is not None:
             sums["loss_las"] = 0.0
@@ -455,41 +417,16 @@ class GASDetector:
 
     # --- scoring -------------------------------------------------------------------------
     @torch.no_grad()
-    def score_features(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image scores [B] and anomaly maps [B, S, S] (on the CPU) from features [B, P, D]."""
+    def patch_scores(self, features: torch.Tensor) -> torch.Tensor:
+        """The discriminator's anomaly scores [B, P] of patch features [B, P, D]."""
         adaptor, discriminator = self._scoring_heads()
-        b = features.shape[0]
         patches = features.to(self.device, torch.float32).flatten(0, 1)
-        scores = discriminator(adaptor(patches)).view(b, *self.grid)
-        image_scores = scores.flatten(1).max(dim=1).values
-        size = self.config.image_size
-        maps = F.interpolate(scores[:, None], size=(size, size), mode="bilinear",
-                             align_corners=False)[:, 0]
-        maps = gaussian_blur(maps, self.config.map_sigma)
-        return image_scores.float().cpu(), maps.float().cpu()
-
-    def iter_scores(self, images: ImagesLike, batch_size: int | None = None, progress: bool = False
-                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Score batch by batch so memory stays bounded on a whole category."""
-        batch_size = batch_size or max(self.config.batch_size, 8)
-        n = len(images)
-        for start in tqdm(range(0, n, batch_size), desc="scoring", disable=not progress,
-                          leave=False):
-            batch = self.read_images(images[start:start + batch_size]).to(self.device)
-            with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                                 enabled=self.config.amp and self.device.type == "cuda"):
-                feats = self.extractor(batch)
-            yield self.score_features(feats)
-
-    def score(self, images: ImagesLike, batch_size: int | None = None, progress: bool = False
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image scores [N] and anomaly maps [N, S, S]; higher means more anomalous."""
-        parts = list(self.iter_scores(images, batch_size, progress))
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-
-    def predict(self, images: ImagesLike, threshold: float) -> torch.Tensor:
-        """1 for images whose score reaches ``threshold`` (e.g. the F1-max threshold)."""
-        return (self.score(images)[0] >= threshold).long()
+        adapted = adaptor(patches)
+        if self.config.patch_score == "logit":
+            scores = discriminator.logits(adapted)
+        else:
+            scores = discriminator(adapted)
+        return scores.view(features.shape[0], -1)
 
     # --- persistence ---------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -497,6 +434,7 @@ class GASDetector:
         return {"config": self.config.to_dict(), **self._head_state(),
                 "selected_epoch": self.selected_epoch, "history": self.history.to_dict("list"),
                 "timings": dict(self.timings), **self._centre_state(),
+                "feature_scale": self.feature_scale,
                 "variant_choice": self.variant_choice,
                 "spectral": self.spectral.summary() if self.spectral is not None else None}
 
@@ -526,6 +464,7 @@ class GASDetector:
         detector.history = pd.DataFrame(state["history"])
         detector.timings = dict(state.get("timings", {}))
         detector.variant_choice = state.get("variant_choice")
+        detector.feature_scale = state.get("feature_scale")
         return detector
 
     # --- internals -----------------------------------------------------------------------
@@ -578,7 +517,7 @@ class GASDetector:
             assert self.centres is not None and self.radius is not None
             centres = self.centres.repeat(n_images, 1)
             return hypersphere_shell(centres, self.radius)
-        return manifold_shell(normal.detach(), self.config)
+        return manifold_shell(normal.detach(), self.config, self.radius_unit)
 
     @torch.no_grad()
     def _update_centres(self, features: torch.Tensor) -> None:

@@ -19,6 +19,7 @@ real defects. LAS-trained configurations have seen blob-like anomalies in traini
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,12 +33,15 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from .config import GASConfig
-from .data import Sample, load_images
+from .data import Sample, Size, config_for_data, image_shape, load_images
 from .evaluate import compute_metrics
 from .las import ImageTextures, ProceduralTextures, blend, perlin_mask, sample_beta
 from .train import GASDetector
 
-DEFECT_KINDS = ("blobs", "strokes")
+# blobs and strokes: LAS-like texture pastes and thin curves; specks: a few spots of 0.5-1.5 %
+# of the image side (defects of a few pixels, as on MPDD's brackets); smooth: a large soft
+# region of shifted brightness and colour with no texture (uneven surfaces)
+DEFECT_KINDS = ("blobs", "strokes", "specks", "smooth")
 SOURCE_SIZE = 512  # defects are drawn at this size, then resized with the image per config
 VALIDATION_SEED = 20261129  # fixed: every configuration is scored on the same defects
 
@@ -55,20 +59,24 @@ def holdout_split(n_images: int, fraction: float, seed: int = VALIDATION_SEED
     return np.sort(order[n_held:]), np.sort(order[:n_held])
 
 
-def stroke_mask(size: int, rng: np.random.Generator) -> np.ndarray:
-    """bool [size, size]: one to three thin quadratic curves (width ~0.4-1.2 % of the image)."""
-    canvas = Image.new("L", (size, size), 0)
+def stroke_mask(size: Size, rng: np.random.Generator) -> np.ndarray:
+    """bool [H, W] (``size`` an int S: S x S): one to three thin quadratic curves (width
+    ~0.4-1.2 % of the image's geometric-mean side, length 15-50 % of it)."""
+    height, width = image_shape(size)
+    side = math.sqrt(height * width)  # = S for a square
+    extent = np.array([width, height], dtype=np.float64)  # PIL points are (x, y)
+    canvas = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(canvas)
     for _ in range(int(rng.integers(1, 4))):
-        start = rng.uniform(0.1, 0.9, 2) * size
-        length = rng.uniform(0.15, 0.5) * size
+        start = rng.uniform(0.1, 0.9, 2) * extent
+        length = rng.uniform(0.15, 0.5) * side
         angle = rng.uniform(0, 2 * np.pi)
-        end = np.clip(start + length * np.array([np.cos(angle), np.sin(angle)]), 0, size - 1)
+        end = np.clip(start + length * np.array([np.cos(angle), np.sin(angle)]), 0, extent - 1)
         bend = (start + end) / 2 + rng.normal(0, 0.15 * length, 2)
         t = np.linspace(0, 1, 64)[:, None]
         points = (1 - t) ** 2 * start + 2 * (1 - t) * t * bend + t ** 2 * end
-        width = max(2, int(round(rng.uniform(0.004, 0.012) * size)))
-        draw.line([tuple(p) for p in points], fill=255, width=width, joint="curve")
+        line = max(2, int(round(rng.uniform(0.004, 0.012) * side)))
+        draw.line([tuple(p) for p in points], fill=255, width=line, joint="curve")
     return np.asarray(canvas) > 0
 
 
@@ -76,10 +84,10 @@ def stroke_mask(size: int, rng: np.random.Generator) -> np.ndarray:
 class ValidationDefects:
     """Held-out good images and their defective copies, at the size they were loaded."""
 
-    good: torch.Tensor  # [G, 3, S, S] in [0, 1]
-    defective: torch.Tensor  # [D, 3, S, S]
-    masks: torch.Tensor  # [D, S, S] bool
-    kinds: np.ndarray  # [D] "blobs" / "strokes"
+    good: torch.Tensor  # [G, 3, H, W] in [0, 1]
+    defective: torch.Tensor  # [D, 3, H, W]
+    masks: torch.Tensor  # [D, H, W] bool
+    kinds: np.ndarray  # [D] one of DEFECT_KINDS
 
 
 def make_defects(good: torch.Tensor, texture_images: torch.Tensor, copies: int = 2,
@@ -93,45 +101,113 @@ def make_defects(good: torch.Tensor, texture_images: torch.Tensor, copies: int =
         raise ValueError(f"copies={copies}: expected at least 1 defective copy per image and kind")
     rng = np.random.default_rng(seed)
     sources = [ProceduralTextures(), ImageTextures(texture_images)]
-    size = good.shape[-1]
+    size = (int(good.shape[-2]), int(good.shape[-1]))
+    # specks and smooth draw from their own generator, so blobs and strokes stay as they were
+    later = np.random.default_rng([seed, 2])
     images, masks, kinds = [], [], []
     for i in range(good.shape[0]):
         for kind in DEFECT_KINDS:
             for copy in range(copies):
-                mask = perlin_mask(size, rng) if kind == "blobs" else stroke_mask(size, rng)
-                texture = sources[(i + copy) % 2].sample(rng, size)
-                mask_t = torch.from_numpy(mask)
-                images.append(blend(good[i], texture.to(good.dtype), mask_t, sample_beta(rng)))
-                masks.append(mask_t)
+                texture_from = sources[(i + copy) % 2]
+                if kind in ("blobs", "strokes"):
+                    mask = perlin_mask(size, rng) if kind == "blobs" else stroke_mask(size, rng)
+                    texture = texture_from.sample(rng, size)
+                    image = blend(good[i], texture.to(good.dtype), torch.from_numpy(mask),
+                                  sample_beta(rng))
+                elif kind == "specks":
+                    mask = speck_mask(size, later)
+                    texture = texture_from.sample(later, size)
+                    image = blend(good[i], texture.to(good.dtype), torch.from_numpy(mask),
+                                  float(later.uniform(0.0, 0.5)))
+                else:
+                    mask = smooth_mask(size, later)
+                    image = shade(good[i], torch.from_numpy(mask), later)
+                images.append(image)
+                masks.append(torch.from_numpy(mask))
                 kinds.append(kind)
     return ValidationDefects(good, torch.stack(images), torch.stack(masks), np.array(kinds))
 
 
-def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    if images.shape[-1] == size:
+def speck_mask(size: Size, rng: np.random.Generator) -> np.ndarray:
+    """bool [H, W]: one to four round spots, radius 0.5-1.5 % of the geometric-mean side."""
+    height, width = image_shape(size)
+    side = math.sqrt(height * width)
+    yy, xx = np.mgrid[:height, :width]
+    mask = np.zeros((height, width), dtype=bool)
+    for _ in range(int(rng.integers(1, 5))):
+        cy, cx = rng.uniform(0.1, 0.9) * height, rng.uniform(0.1, 0.9) * width
+        radius = max(1.0, rng.uniform(0.005, 0.015) * side)
+        mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2
+    return mask
+
+
+def smooth_mask(size: Size, rng: np.random.Generator) -> np.ndarray:
+    """bool [H, W]: one large soft-edged region (an ellipse of 15-35 % of the side, tilted)."""
+    height, width = image_shape(size)
+    yy, xx = np.mgrid[:height, :width] / np.array([height, width])[:, None, None]
+    cy, cx = rng.uniform(0.3, 0.7, 2)
+    ry, rx = rng.uniform(0.15, 0.35, 2)
+    angle = rng.uniform(0, np.pi)
+    dy, dx = yy - cy, xx - cx
+    u = dx * np.cos(angle) + dy * np.sin(angle)
+    v = -dx * np.sin(angle) + dy * np.cos(angle)
+    return (u / rx) ** 2 + (v / ry) ** 2 <= 1.0
+
+
+def shade(image: torch.Tensor, mask: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """The image with its brightness and colour shifted inside ``mask`` (a smooth, textureless
+    change: gain 0.75-0.9 or 1.1-1.25 and a colour cast of up to 0.05), fading in at the
+    mask's edge; pixels outside the mask are untouched."""
+    gain = float(rng.uniform(1.1, 1.25)) if rng.random() < 0.5 else float(rng.uniform(0.75, 0.9))
+    cast = torch.from_numpy(rng.uniform(-0.05, 0.05, 3)).to(image.dtype).view(3, 1, 1)
+    inside = mask.to(image.dtype)
+    soft = F.avg_pool2d(inside[None, None], 9, stride=1, padding=4,
+                        count_include_pad=False)[0] * inside  # fades in, never spills out
+    changed = (image * gain + cast).clamp(0, 1)
+    return image * (1 - soft) + changed * soft
+
+
+def _resize(images: torch.Tensor, size: Size) -> torch.Tensor:
+    shape = image_shape(size)
+    if tuple(images.shape[-2:]) == shape:
         return images
-    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True,
+    return F.interpolate(images, size=shape, mode="bilinear", antialias=True,
                          align_corners=False).clamp(0, 1)
 
 
-def _resize_masks(masks: torch.Tensor, size: int) -> np.ndarray:
+def _resize_masks(masks: torch.Tensor, size: Size) -> np.ndarray:
     """Nearest neighbour sampled at pixel centres (like PIL's, which ``data.load_mask`` uses),
     so thin strokes stay aligned with the bilinearly resized images."""
-    if masks.shape[-1] != size:
-        masks = F.interpolate(masks[:, None].float(), size=(size, size),
+    shape = image_shape(size)
+    if tuple(masks.shape[-2:]) != shape:
+        masks = F.interpolate(masks[:, None].float(), size=shape,
                               mode="nearest-exact")[:, 0] > 0.5
     return masks.numpy().astype(bool)
 
 
+def source_shape(config: GASConfig, side: int | None = None) -> tuple[int, int]:
+    """(H, W) the validation images are read and their defects drawn at: ``side`` x ``side``
+    (default ``max(SOURCE_SIZE, image_size)``) for a square input, else the input shape's
+    proportions at an area of about ``side**2`` (never smaller than the input shape)."""
+    side = max(SOURCE_SIZE, config.image_size) if side is None else int(side)
+    height, width = config.input_shape
+    if height == width:
+        return side, side
+    scale = side / math.sqrt(height * width)
+    largest = config.replace(image_size=max(config.image_size, side // 16 * 16)).input_shape
+    return (max(height, largest[0], round(height * scale)),
+            max(width, largest[1], round(width * scale)))
+
+
 def score_defects(detector: GASDetector, defects: ValidationDefects) -> pd.DataFrame:
     """Metrics per defect kind (each against all held-out good images) and over all of them."""
-    size = detector.config.image_size
-    images = torch.cat([_resize(defects.good, size), _resize(defects.defective, size)])
+    shape = detector.config.input_shape
+    images = torch.cat([_resize(defects.good, shape), _resize(defects.defective, shape)])
     image_scores, maps = detector.score(images)
     n_good = defects.good.shape[0]
     labels = np.r_[np.zeros(n_good, int), np.ones(defects.defective.shape[0], int)]
-    masks = np.concatenate([np.zeros((n_good, size, size), bool),
-                            _resize_masks(defects.masks, size)])
+    masks = np.concatenate([np.zeros((n_good, *shape), bool),
+                            _resize_masks(defects.masks, shape)])
     kinds = np.r_[np.full(n_good, "good"), defects.kinds]
     rows = []
     for kind in ("all",) + DEFECT_KINDS:
@@ -148,28 +224,35 @@ def validate(config: GASConfig, train: Sequence[Sample] | torch.Tensor, *,
              progress: bool = True) -> pd.DataFrame:
     """Fit ``config`` on part of the training images and score held-out synthetic defects.
 
-    ``train``: the category's ``train/good`` samples (read at ``SOURCE_SIZE``, or at
-    ``image_size`` when that is larger) or images
-    [N, 3, S, S] in [0, 1]. The split and the defects depend on ``seed`` only, not on the
+    ``train``: the category's ``train/good`` samples (read at ``source_shape(config)``:
+    ``SOURCE_SIZE`` square, or ``image_size`` when that is larger, in the input's proportions
+    with ``keep_aspect``, whose aspect is measured from these samples) or images
+    [N, 3, H, W] in [0, 1] (with ``keep_aspect`` and ``aspect`` still 1, their W / H sets it).
+    The split and the defects depend on ``seed`` only, not on the
     config, so configurations are compared on identical data. Returns one row per defect kind
     (and ``all``) with ``fit_seconds``; the detector's own selection is forced to ``last``
     (the held-out images are the validation here). The table's ``attrs["config"]`` is the
     config that was fitted.
     """
     if isinstance(train, torch.Tensor):
+        if config.aspect == 1.0:
+            config = config_for_data(config, train)
         images = train
     else:
-        images = load_images([s.image_path for s in train], max(SOURCE_SIZE, config.image_size),
+        config = config_for_data(config, train)
+        images = load_images([s.image_path for s in train], source_shape(config),
                              config.center_crop, progress)
-    if images.shape[-1] < config.image_size:
-        raise ValueError(f"validation images of {images.shape[-1]} px are smaller than "
-                         f"image_size={config.image_size}: load them at least that large")
+    shape = config.input_shape
+    if images.shape[-2] < shape[0] or images.shape[-1] < shape[1]:
+        raise ValueError(f"validation images of {images.shape[-2]}x{images.shape[-1]} px are "
+                         f"smaller than the input shape {shape[0]}x{shape[1]} (image_size="
+                         f"{config.image_size}): load them at least that large")
     fit_idx, held_idx = holdout_split(images.shape[0], fraction, seed)
     defects = make_defects(images[held_idx], images[fit_idx], copies, seed)
     fitted = config.replace(selection="last")
     detector = GASDetector(fitted)
     started = time.perf_counter()
-    detector.fit(_resize(images[fit_idx], config.image_size), progress=progress)
+    detector.fit(_resize(images[fit_idx], shape), progress=progress)
     fit_seconds = time.perf_counter() - started
     table = score_defects(detector, defects)
     table["fit_seconds"] = round(fit_seconds, 1)
@@ -186,13 +269,17 @@ def compare(base: GASConfig, candidates: Mapping[str, Mapping[str, Any]],
     ``candidates``: name -> config overrides (``{}`` for the base itself). Returns one row per
     candidate and defect kind, the candidate's name and overrides in front.
     """
-    if any("center_crop" in overrides for overrides in candidates.values()):
+    geometry = ("center_crop", "aspect", "keep_aspect")
+    if any(key in overrides for overrides in candidates.values() for key in geometry):
         raise ValueError("compare: candidates share one set of validation images, so they cannot "
-                         "differ in center_crop; compare crop settings with separate runs")
+                         "differ in center_crop, aspect or keep_aspect; compare those settings "
+                         "with separate runs")
     if not isinstance(train, torch.Tensor):
-        size = max([SOURCE_SIZE, base.image_size] +
+        base = config_for_data(base, train)
+        side = max([SOURCE_SIZE, base.image_size] +
                    [int(o.get("image_size", 0)) for o in candidates.values()])
-        train = load_images([s.image_path for s in train], size, base.center_crop, progress)
+        train = load_images([s.image_path for s in train], source_shape(base, side),
+                            base.center_crop, progress)
     tables = []
     for name, overrides in tqdm(candidates.items(), desc="candidates", disable=not progress):
         table = validate(base.replace(**overrides), train, fraction=fraction, copies=copies,

@@ -32,7 +32,7 @@ def widgets_available() -> bool:
 
 def _image(detector: GASDetector, predictions: Predictions, index: int) -> np.ndarray:
     sample = predictions.samples[index]
-    tensor = load_image(sample.image_path, detector.config.image_size, detector.config.center_crop)
+    tensor = load_image(sample.image_path, detector.config.input_shape, detector.config.center_crop)
     return tensor.permute(1, 2, 0).numpy()
 
 

@@ -18,6 +18,7 @@ def test_train_writes_metrics_plots_and_checkpoint(synthetic_root, tmp_path, cap
                 "train_seconds", "eval_seconds", "selection", "config", "environment"):
         assert key in metrics, key
     assert metrics["selection"] == "last" and "honest" in metrics["selection_label"]
+    assert metrics["method"] == "gas"  # the default; --method knn: tests/test_knn.py
     assert metrics["config"]["image_size"] == 64 and metrics["environment"]["torch"]
     for name in ("training_curves_plate.png", "roc_curve_plate.png", "best_model_plate.pth",
                  "history.csv", "per_defect.csv", "anomaly_maps_plate.png"):

@@ -88,4 +88,4 @@ def test_validate_cli_never_reads_the_test_split(synthetic_root, tmp_path, capsy
     printed = capsys.readouterr().out
     assert "strokes" in printed and "pixel_auroc" in printed
     record = json.loads(out.read_text())
-    assert record["config"]["image_size"] == 64 and len(record["rows"]) == 3
+    assert record["config"]["image_size"] == 64 and len(record["rows"]) == len(DEFECT_KINDS) + 1
