@@ -16,7 +16,7 @@ from gas_lib.data import (config_for_data, load_image, load_images, load_mask, l
 from gas_lib.detector import maps_to_original
 from gas_lib.evaluate import evaluate
 from gas_lib.train import GASDetector
-from gas_lib.tuning import make_defects, source_shape, stroke_mask
+from gas_lib.tuning import DEFECT_KINDS, make_defects, source_shape, stroke_mask
 
 from conftest import tiny_config
 
@@ -170,7 +170,8 @@ def test_synthetic_validation_defects_follow_the_shape():
     assert source_shape(GASConfig(image_size=128)) == (512, 512)
     good = torch.rand(2, 3, 40, 104)
     defects = make_defects(good, torch.rand(3, 3, 40, 104), copies=1)
-    assert defects.defective.shape == (4, 3, 40, 104) and defects.masks.shape == (4, 40, 104)
+    n = 2 * len(DEFECT_KINDS)
+    assert defects.defective.shape == (n, 3, 40, 104) and defects.masks.shape == (n, 40, 104)
     assert defects.masks.flatten(1).any(1).all()
 
 
