@@ -164,3 +164,26 @@ class PatchDetector:
     def predict(self, images: ImagesLike, threshold: float) -> torch.Tensor:
         """1 for images whose score reaches ``threshold`` (e.g. the F1-max threshold)."""
         return (self.score(images)[0] >= threshold).long()
+
+    # --- persistence ---------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """Tensors and plain values only, so ``torch.load(weights_only=True)`` reads it."""
+        raise NotImplementedError
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        atomic_torch_save(self.state(), path)
+        return path
+
+    @staticmethod
+    def read_saved(path: str | Path, device: str | None = None
+                   ) -> tuple[dict[str, Any], GASConfig]:
+        """A saved detector's state and its config (``device`` overriding the saved one)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no saved detector at {path}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        config = GASConfig.from_dict(state["config"])
+        if device is not None:
+            config = config.replace(device=device)
+        return state, config

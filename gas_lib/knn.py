@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from .config import METHOD_VERSION, GASConfig
-from .detector import ImagesLike, PatchDetector, atomic_torch_save
+from .detector import ImagesLike, PatchDetector
 
 PROJECTION_DIM = 128  # PatchCore's random projection for the coreset distances
 CORESET_BLOCK = 1024  # training patches per block of the lazy greedy selection
@@ -216,24 +216,13 @@ class KNNDetector(PatchDetector):
                 "config": self.config.to_dict(), "bank": self.bank.cpu(),
                 "n_train_patches": self.n_train_patches, "timings": dict(self.timings)}
 
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        atomic_torch_save(self.state(), path)
-        return path
-
     @classmethod
     def load(cls, path: str | Path, device: str | None = None, pretrained: bool = True
              ) -> "KNNDetector":
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no saved detector at {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state, config = cls.read_saved(path, device)
         if state.get("method") != cls.method:
             raise ValueError(f"{path} holds a {state.get('method', 'gas')!r} detector, not a "
                              f"{cls.method!r} one")
-        config = GASConfig.from_dict(state["config"])
-        if device is not None:
-            config = config.replace(device=device)
         detector = cls(config, pretrained=pretrained)
         detector.set_bank(state["bank"])
         detector.n_train_patches = state.get("n_train_patches")

@@ -438,21 +438,10 @@ class GASDetector(PatchDetector):
                 "variant_choice": self.variant_choice,
                 "spectral": self.spectral.summary() if self.spectral is not None else None}
 
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        atomic_torch_save(self.state(), path)
-        return path
-
     @classmethod
     def load(cls, path: str | Path, device: str | None = None, pretrained: bool = True
              ) -> "GASDetector":
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no saved detector at {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        config = GASConfig.from_dict(state["config"])
-        if device is not None:
-            config = config.replace(device=device)
+        state, config = cls.read_saved(path, device)
         detector = cls(config, pretrained=pretrained)
         dim = state["adaptor"]["linear.weight"].shape[0]
         detector.adaptor, detector.discriminator = build_heads(dim, config)
