@@ -96,11 +96,11 @@ if [ "$have_any" = 0 ]; then
     read -r -p "Download MPDD (about 2 GB, CC BY-NC-SA 4.0) into $DATA_ABS now? [y/N] " answer
   fi
   if [[ "$answer" =~ ^[Yy] ]]; then
-    "$PY" -m gas_lib.download --dest "$DATA_ABS" || exit 2
+    "$PY" -m gas_lib.tools.download --dest "$DATA_ABS" || exit 2
   else
     "$PY" - "$DATA_ABS" "${CATEGORY_LIST[0]}" <<'PYEOF' >&2
 import sys
-from gas_lib.download import LAYOUT, MPDD_URL
+from gas_lib.tools.download import LAYOUT, MPDD_URL
 root, category = sys.argv[1], sys.argv[2]
 print(f"run_all.sh: no data. Get MPDD from {MPDD_URL} (or rerun with --download) and unpack it "
       f"so that {root}/{category}/train/good exists (layout: {LAYOUT.replace('<dest>', root)}); "
@@ -190,7 +190,7 @@ for category in "${CATEGORY_LIST[@]}"; do
 done
 wait
 
-"$PY" -m gas_lib.summary --reports "$OUT" --categories "${CATEGORY_LIST[@]}" \
+"$PY" -m gas_lib.study.summary --reports "$OUT" --categories "${CATEGORY_LIST[@]}" \
     --profile "$PROFILE" --data-root "$DATA_ABS"
 failed=0
 for category in "${CATEGORY_LIST[@]}"; do

@@ -107,8 +107,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _validate(args: argparse.Namespace, config: GASConfig) -> None:
     from .data import load_split
-    from .report import write_json
-    from .tuning import validate
+    from .study.report import write_json
+    from .study.tuning import validate
 
     table = validate(config, load_split(args.data_root, args.category, "train"),
                      fraction=args.fraction, copies=args.copies)
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = _config(args)
         if args.command == "train":
-            from .report import train_and_evaluate
+            from .study.report import train_and_evaluate
 
             result = train_and_evaluate(args.data_root, args.category, config, args.out,
                                         track_every=args.track_every, resume=not args.no_resume,
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "validate":
             _validate(args, config)
         else:
-            from .bench import main as bench_main
+            from .tools.bench import main as bench_main
 
             bench_main(config, args.images, args.out or None, args.data_root, args.category,
                        args.repeats, args.scaling_sizes if args.scaling else None)

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from .config import METHOD_VERSION, GASConfig
+from .data import config_for_data
 from .detector import ImagesLike, PatchDetector
 
 PROJECTION_DIM = 128  # PatchCore's random projection for the coreset distances
@@ -175,6 +176,8 @@ class KNNDetector(PatchDetector):
         ``GASDetector.fit`` that mean nothing here (``checkpoint_dir``, ``resume``,
         ``epoch_callback``) are accepted and ignored."""
         started = time.perf_counter()
+        if not isinstance(images, torch.Tensor):  # keep_aspect: the input shape of these files
+            self.config = config_for_data(self.config, images)
         features = self.embed(images, progress=progress)
         self.timings["feature_seconds"] = time.perf_counter() - started
         return self.fit_features(features)

@@ -311,7 +311,7 @@ class GASDetector(PatchDetector):
         if las_batch is not None:
             sums["loss_las"] = 0.0
         batches = 0
-        for start in range(0, n_images, cfg.batch_size):
+        for start in range(0, len(order), cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
             batch = batch_features(idx).to(self.device, torch.float32)
             normal = self._adapt(self.adaptor, batch.flatten(0, 1))

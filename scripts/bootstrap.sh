@@ -1,7 +1,7 @@
 # Sourced by test.sh and run_all.sh: sets PY to a Python that can import gas_lib and the study
 # tools, creating .venv with pip on a fresh machine. Safe to source repeatedly.
 _repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-_needs="import gas_lib, papermill, nbconvert, ipykernel, pytest, skimage"
+_needs="import gas_lib, papermill, nbconvert, ipykernel, pytest, skimage, importlinter"
 PY=""
 for candidate in "${GAS_PYTHON:-}" "$_repo/.venv/bin/python" python3; do
   [ -n "$candidate" ] || continue

@@ -10,7 +10,7 @@ import pytest
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 from gas_lib.config import GASConfig  # noqa: E402
-from gas_lib.synthetic import make_synthetic_category  # noqa: E402
+from gas_lib.tools.synthetic import make_synthetic_category  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MPDD_ROOT = Path(os.environ.get("GAS_MPDD_ROOT", REPO.parent / "shared" / "data" / "mpdd"))

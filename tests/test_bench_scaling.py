@@ -6,7 +6,7 @@ import math
 
 from conftest import tiny_config
 
-from gas_lib.bench import format_scaling, run_scaling
+from gas_lib.tools.bench import format_scaling, run_scaling
 
 
 def test_run_scaling_times_every_size_and_method():

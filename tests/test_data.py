@@ -23,7 +23,7 @@ from gas_lib.data import (
     split_counts,
     verify_images,
 )
-from gas_lib.synthetic import make_synthetic_category
+from gas_lib.tools.synthetic import make_synthetic_category
 
 
 # --- helpers ----------------------------------------------------------------------------------

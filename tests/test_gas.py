@@ -6,8 +6,8 @@ import torch.nn.functional as F
 
 from gas_lib.backbone import FeatureExtractor
 from gas_lib.config import GASConfig
-from gas_lib.gas import (Shell, gas_losses, hypersphere_shell, manifold_shell, position_centres,
-                         project_to_shell, synthesize)
+from gas_lib.gas import (Shell, feature_scale, gas_losses, hypersphere_shell, manifold_shell,
+                         position_centres, project_to_shell, synthesize)
 from gas_lib.model import Adaptor, Discriminator
 
 
@@ -128,3 +128,31 @@ def test_synthesize_follows_the_reference_ascent_in_train_mode(adapted):
         g = project_to_shell(g.detach() + config.eta * grad / grad.norm(dim=1, keepdim=True),
                              shell)
     assert torch.allclose(ours, g, atol=1e-4)
+
+
+def test_feature_scale_scales_with_the_features(adapted):
+    """Relative radii are in units of the measured scale: scaling the features scales it."""
+    features = torch.cat([adapted, adapted.flip(1) + 0.1 * torch.randn_like(adapted)])  # [4, P, D]
+    scale = feature_scale(features)
+    assert scale > 0
+    assert feature_scale(3.0 * features) == pytest.approx(3.0 * scale, rel=1e-4)
+    assert feature_scale(features + 5.0) == pytest.approx(scale, rel=1e-3)  # a shift: the same
+
+
+def test_relative_shell_radii_follow_the_feature_scale(adapted):
+    """The same relative config puts synthetic patches at r1..r2 times the measured scale,
+    whatever the features' magnitude (the absolute radii of the cpu profile used to be fixed)."""
+    config = GASConfig.preset("cpu")
+    assert config.radius_scale == "relative"
+    for magnitude in (1.0, 10.0):
+        gen = torch.Generator().manual_seed(1)
+        features = magnitude * torch.cat([adapted, adapted + 0.1 * torch.randn(
+            adapted.shape, generator=gen)])
+        scale = feature_scale(features)
+        assert scale > 0
+        anchors = features.flatten(0, 1)
+        disc = Discriminator(anchors.shape[1], 32)
+        synthetic = synthesize(disc, anchors, manifold_shell(anchors, config, scale), config,
+                               torch.Generator().manual_seed(0))
+        distance = (synthetic - anchors).norm(dim=1) / scale
+        assert distance.min() >= config.r1 - 1e-3 and distance.max() <= config.r2 + 1e-3

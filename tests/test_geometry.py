@@ -15,8 +15,8 @@ from gas_lib.data import (config_for_data, load_image, load_images, load_mask, l
                           measure_aspect)
 from gas_lib.detector import maps_to_original
 from gas_lib.evaluate import evaluate
+from gas_lib.study.tuning import DEFECT_KINDS, make_defects, source_shape, stroke_mask
 from gas_lib.train import GASDetector
-from gas_lib.tuning import DEFECT_KINDS, make_defects, source_shape, stroke_mask
 
 from conftest import tiny_config
 

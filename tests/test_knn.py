@@ -15,7 +15,7 @@ from gas_lib.__main__ import main
 from gas_lib.config import GASConfig
 from gas_lib.data import load_split
 from gas_lib.knn import coreset_size, nearest_distance
-from gas_lib.summary import BASELINE_COLUMNS, COLUMNS, build_summary
+from gas_lib.study.summary import BASELINE_COLUMNS, COLUMNS, build_summary
 
 from conftest import tiny_config
 

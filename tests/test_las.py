@@ -325,7 +325,7 @@ def test_las_images_with_foreground_leave_the_background_untouched():
 
 
 def test_the_ablation_compares_las_masks_on_the_object_and_on_the_whole_image():
-    from gas_lib import ablation
+    from gas_lib.study import ablation
 
     for foreground, label in ((False, "gas+las, masks on the object only"),
                               (True, "gas+las, masks on the whole image")):
@@ -338,7 +338,7 @@ def test_the_ablation_compares_las_masks_on_the_object_and_on_the_whole_image():
 def test_the_synthesis_table_names_object_only_las_masks():
     import pandas as pd
 
-    from gas_lib import ablation
+    from gas_lib.study import ablation
 
     metrics = dict(image_auroc=1.0, pixel_auroc=0.9, aupro=0.8, image_ap=1.0, pixel_ap=0.7)
     rows = [dict(group="baseline", label="baseline", synthesis="gas", texture_source="procedural",

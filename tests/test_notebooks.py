@@ -11,7 +11,7 @@ import papermill
 import pytest
 from nbconvert import HTMLExporter
 
-from gas_lib.synthetic import make_synthetic_category
+from gas_lib.tools.synthetic import make_synthetic_category
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))

@@ -15,7 +15,7 @@ import torch
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_auc_score
 
-from gas_lib import plots
+from gas_lib.study import plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

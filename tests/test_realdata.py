@@ -3,7 +3,7 @@
 import pytest
 
 from gas_lib.config import GASConfig
-from gas_lib.report import train_and_evaluate
+from gas_lib.study.report import train_and_evaluate
 
 from conftest import MPDD_ROOT
 

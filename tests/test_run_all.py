@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from gas_lib.synthetic import make_synthetic_category
+from gas_lib.tools.synthetic import make_synthetic_category
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ("00_data_exploration", "01_training", "02_gas_ablation", "03_evaluation")

@@ -9,7 +9,7 @@ import torch
 
 from gas_lib.__main__ import main
 from gas_lib.data import load_images, load_split
-from gas_lib.tuning import (DEFECT_KINDS, compare, holdout_split, make_defects, stroke_mask)
+from gas_lib.study.tuning import (DEFECT_KINDS, compare, holdout_split, make_defects, stroke_mask)
 
 from conftest import tiny_config
 

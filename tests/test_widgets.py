@@ -8,8 +8,8 @@ from matplotlib.figure import Figure
 
 from gas_lib.data import load_split
 from gas_lib.evaluate import predict_split
+from gas_lib.study.widgets import explorer
 from gas_lib.train import GASDetector
-from gas_lib.widgets import explorer
 from conftest import tiny_config
 
 

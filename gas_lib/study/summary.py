@@ -6,7 +6,7 @@ when absent), the profile, backbone and timings, links to every notebook report,
 category that failed, the failing step with links to its log and partial report. Run by
 ``run_all.sh``::
 
-    python -m gas_lib.summary --reports reports --categories bracket_white metal_plate
+    python -m gas_lib.study.summary --reports reports --categories bracket_white metal_plate
 """
 
 from __future__ import annotations
@@ -380,7 +380,7 @@ holds the environment of its own run.</p>
 
 # --- command line -----------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gas_lib.summary", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m gas_lib.study.summary", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reports", default="reports", help="the reports folder")
     parser.add_argument("--categories", nargs="*", help="rows to show (default: every folder)")

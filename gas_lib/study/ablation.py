@@ -40,13 +40,13 @@ import seaborn as sns
 import torch
 from matplotlib.figure import Figure
 
-from .config import METHOD_VERSION, PRESETS, GASConfig
-from .data import Sample, config_for_data, load_mask
-from .evaluate import compute_metrics
-from .las import LASPool, build_las_pool
+from ..config import METHOD_VERSION, PRESETS, GASConfig
+from ..data import Sample, config_for_data, load_mask
+from ..evaluate import compute_metrics
+from ..las import LASPool, build_las_pool
+from ..train import GASDetector
+from .pipeline import score_cached
 from .report import write_csv
-from .study import score_cached
-from .train import GASDetector
 
 GRIDS = ("tiny", "small", "full")
 EPOCH_CAP = {"tiny": 2, "small": 12, "full": 40}

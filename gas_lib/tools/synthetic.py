@@ -66,7 +66,7 @@ def _fresh_dir(cat: Path) -> Path:
             raise FileExistsError(f"{cat} exists and was not made by make_synthetic_category: "
                                   "expected a new or empty folder")
     cat.mkdir(parents=True, exist_ok=True)
-    (cat / MARKER).write_text("written by gas_lib.synthetic.make_synthetic_category\n")
+    (cat / MARKER).write_text("written by gas_lib.tools.synthetic.make_synthetic_category\n")
     return cat
 
 

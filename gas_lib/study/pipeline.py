@@ -3,7 +3,7 @@
 ``01_training`` calls ``make_config`` and ``fit_detector`` (fit with checkpoints, optional
 per-epoch monitoring on cached test features, model + history saved); ``03_evaluation`` calls
 ``evaluate_detector`` (metrics overall and per defect type, ``metrics.json`` built by
-``gas_lib.report.metrics_record``, as the command line's ``train`` writes it), the figure
+``gas_lib.study.report.metrics_record``, as the command line's ``train`` writes it), the figure
 helpers below, and ``fit_and_evaluate_baseline`` with the comparison tables and maps of GAS
 against the nearest-neighbour baseline (``baseline_metrics.json``, ``baseline_per_defect.csv``).
 """
@@ -24,13 +24,12 @@ import torch
 from matplotlib.figure import Figure
 from sklearn.metrics import auc, precision_recall_curve, roc_curve
 
+from ..config import GASConfig
+from ..data import Sample, config_for_data, load_images, load_mask, load_split
+from ..evaluate import Predictions, auroc, evaluate
+from ..train import GASDetector
 from . import plots
-from .config import GASConfig
-from .data import Sample, config_for_data, load_images, load_mask, load_split
-from .evaluate import Predictions, auroc, evaluate
 from .report import SELECTION_LABELS, metrics_record, write_csv, write_json
-from .summary import paper_numbers
-from .train import GASDetector
 
 METRIC_NAMES = {
     "image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO (FPR <= 0.3)",
@@ -246,6 +245,9 @@ def evaluate_detector(detector: GASDetector, data_root: str | Path, category: st
                       out_dir: str | Path, *, progress: bool = False
                       ) -> tuple[dict[str, Any], pd.DataFrame, Predictions]:
     """Evaluate on the test split; write ``metrics.json`` and ``per_defect.csv`` to out_dir."""
+    # imported here, not on top, so that `python -m gas_lib.study.summary` runs cleanly
+    from .summary import paper_numbers
+
     out_dir = Path(out_dir)
     test = load_split(data_root, category, "test")
     n_train = len(load_split(data_root, category, "train"))
@@ -260,6 +262,8 @@ def evaluate_detector(detector: GASDetector, data_root: str | Path, category: st
 
 def metrics_overview(record: dict[str, Any]) -> pd.DataFrame:
     """Our metrics next to the GLASS-m paper's for this class (where published)."""
+    from .summary import paper_numbers
+
     paper = record.get("paper_glass_m") or paper_numbers(record["category"])
     rows = [(label, record.get(key), paper.get(key)) for key, label in METRIC_NAMES.items()]
     frame = pd.DataFrame(rows, columns=["metric", "ours", "GLASS-m paper"])
@@ -391,7 +395,7 @@ def fit_and_evaluate_baseline(config: GASConfig, data_root: str | Path, category
     evaluate it on ``test`` exactly as GAS is evaluated; write ``baseline_metrics.json``
     (built by ``report.metrics_record``, as ``metrics.json``) and ``baseline_per_defect.csv``
     atomically into ``out_dir``."""
-    from .knn import KNNDetector
+    from ..knn import KNNDetector
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

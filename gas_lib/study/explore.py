@@ -19,8 +19,8 @@ from matplotlib.figure import Figure
 from PIL import Image
 from scipy import ndimage
 
-from .data import GOOD, SPLITS, DataError, Sample, load_image, load_mask, load_split
-from .spectral import MIN_DENSITY, MIN_POINTS, MIN_RADIUS, SpectralResult, spectral_decision
+from ..data import GOOD, SPLITS, DataError, Sample, load_image, load_mask, load_split
+from ..spectral import MIN_DENSITY, MIN_POINTS, MIN_RADIUS, SpectralResult, spectral_decision
 
 GROUP_ORDER_GOOD = ("train/good", "test/good")
 CHANNELS = ("r", "g", "b")

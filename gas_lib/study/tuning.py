@@ -32,11 +32,11 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from .config import GASConfig
-from .data import Sample, Size, config_for_data, image_shape, load_images
-from .evaluate import compute_metrics
-from .las import ImageTextures, ProceduralTextures, blend, perlin_mask, sample_beta
-from .train import GASDetector
+from ..config import GASConfig
+from ..data import Sample, Size, config_for_data, image_shape, load_images
+from ..evaluate import compute_metrics
+from ..las import ImageTextures, ProceduralTextures, blend, perlin_mask, sample_beta
+from ..train import GASDetector
 
 # blobs and strokes: LAS-like texture pastes and thin curves; specks: a few spots of 0.5-1.5 %
 # of the image side (defects of a few pixels, as on MPDD's brackets); smooth: a large soft

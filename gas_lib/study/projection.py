@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from sklearn.decomposition import PCA
 
-from .data import Sample, load_mask
-from .gas import hypersphere_shell, manifold_shell, synthesize
-from .train import GASDetector
+from ..data import Sample, load_mask
+from ..gas import hypersphere_shell, manifold_shell, synthesize
+from ..train import GASDetector
 
 KINDS = ("normal", "GAS synthetic", "real defect")
 COLOURS = {"normal": "tab:blue", "GAS synthetic": "tab:orange", "real defect": "tab:red"}

@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config import GASConfig
+from ..data import config_for_data, load_split
+from ..detector import PatchDetector
+from ..evaluate import Predictions, evaluate, make_test_tracker
+from ..train import GASDetector
 from . import plots
-from .config import GASConfig
-from .data import config_for_data, load_split
-from .detector import PatchDetector
-from .evaluate import Predictions, evaluate, make_test_tracker
-from .train import GASDetector
 
 METHODS = ("gas", "knn")
 
@@ -49,7 +49,7 @@ def make_detector(config: GASConfig, method: str = "gas") -> PatchDetector:
     if method == "gas":
         return GASDetector(config)
     if method == "knn":
-        from .knn import KNNDetector
+        from ..knn import KNNDetector
 
         return KNNDetector(config)
     raise ValueError(f"method={method!r}: expected one of {METHODS}")

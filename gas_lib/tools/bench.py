@@ -20,12 +20,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import GASConfig, resolve_device
-from .data import load_split
-from .las import build_las_pool, make_las_images, patch_labels, pool_sampler, texture_source
-from .report import environment_info, write_json
+from ..config import GASConfig, resolve_device
+from ..data import load_split
+from ..las import build_las_pool, make_las_images, patch_labels, pool_sampler, texture_source
+from ..study.report import environment_info, write_json
+from ..train import GASDetector
 from .synthetic import normal_texture
-from .train import GASDetector
 
 
 def _sync(device: torch.device) -> None:
@@ -265,8 +265,8 @@ def run_scaling(config: GASConfig, sizes: Sequence[int] = SCALING_SIZES, progres
     """
     import tempfile
 
-    from .backbone import clear_feature_cache
-    from .knn import KNNDetector
+    from ..backbone import clear_feature_cache
+    from ..knn import KNNDetector
 
     sizes = sorted({int(n) for n in sizes})
     if not sizes or sizes[0] < 1:

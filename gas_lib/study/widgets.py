@@ -14,10 +14,10 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from .data import load_image
-from .evaluate import Predictions
+from ..data import load_image
+from ..evaluate import Predictions
+from ..train import GASDetector
 from .plots import HEAT_CMAP
-from .train import GASDetector
 
 PANELS = ("image", "ground truth", "anomaly map", "prediction at threshold")
 

@@ -7,7 +7,7 @@ on demand), unpacks it and moves the category folders to ``dest`` so that
 network it raises ``DownloadError`` with the URL and the expected layout, so a user can fetch
 it by hand.
 
-    python -m gas_lib.download --dest data/anomaly_dataset
+    python -m gas_lib.tools.download --dest data/anomaly_dataset
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def fetch_mpdd(dest: str | Path, *, archive: str | Path | None = None) -> list[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gas_lib.download", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m gas_lib.tools.download", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dest", default="data/anomaly_dataset")
     parser.add_argument("--archive", help="an already downloaded MPDD zip")
