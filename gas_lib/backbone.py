@@ -232,13 +232,13 @@ def compute_features(extractor: FeatureExtractor, images: torch.Tensor, device: 
                      ) -> torch.Tensor:
     """Patch features [N, P, D] of ``images`` in batches, no caching (e.g. LAS images, made
     once per fit). Stored as float16 on CUDA, float32 on the CPU."""
-    from tqdm.auto import tqdm
+    from .progress import progress as show_progress
 
     storage = torch.float16 if device.type == "cuda" else torch.float32
     extractor.to(device)
     chunks = []
     starts = range(0, images.shape[0], batch_size)
-    for start in tqdm(starts, desc="backbone features", disable=not progress, leave=False):
+    for start in show_progress(starts, "backbone features", enabled=progress, unit="batch"):
         batch = images[start:start + batch_size].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16,
                             enabled=amp and device.type == "cuda"):

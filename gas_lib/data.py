@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from tqdm.auto import tqdm
+
+from .progress import progress as show_progress
 
 if TYPE_CHECKING:  # pandas is imported lazily: only split_counts needs it
     import pandas as pd
@@ -324,7 +325,7 @@ def load_images(paths: Sequence[str | Path], image_size: Size, center_crop: bool
     sets need no second copy."""
     out = torch.empty(len(paths), 3, *image_shape(image_size), dtype=torch.float32)
     show = progress and len(paths) > PROGRESS_MIN
-    items = tqdm(paths, desc="loading images", leave=False) if show else paths
+    items = show_progress(paths, "loading images", enabled=show, unit="image")
     for i, path in enumerate(items):
         out[i] = load_image(path, image_size, center_crop)
     return out

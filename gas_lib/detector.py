@@ -9,7 +9,6 @@ the two are compared on identical inputs and identical post-processing.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,21 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .backbone import FeatureExtractor, embed_images
+from .checkpoint import CheckpointError, atomic_torch_save, read_state
 from .config import GASConfig, resolve_device
 from .data import Sample, load_images
+from .progress import progress as show_progress
 
 ImagesLike = torch.Tensor | Sequence[Sample] | Sequence[str | Path]
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file and rename, so a crash never leaves half a checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -145,8 +137,8 @@ class PatchDetector:
         """Score batch by batch so memory stays bounded on a whole category."""
         batch_size = batch_size or max(self.config.batch_size, 8)
         n = len(images)
-        for start in tqdm(range(0, n, batch_size), desc="scoring", disable=not progress,
-                          leave=False):
+        for start in show_progress(range(0, n, batch_size), "scoring", enabled=progress,
+                                   unit="batch"):
             batch = self.read_images(images[start:start + batch_size]).to(self.device)
             with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16,
                                                  enabled=self.config.amp and self.device.type == "cuda"):
@@ -176,14 +168,20 @@ class PatchDetector:
         return path
 
     @staticmethod
-    def read_saved(path: str | Path, device: str | None = None
+    def read_saved(path: str | Path, device: str | None = None, required: tuple[str, ...] = ()
                    ) -> tuple[dict[str, Any], GASConfig]:
-        """A saved detector's state and its config (``device`` overriding the saved one)."""
+        """A saved detector's state and its config (``device`` overriding the saved one);
+        ``checkpoint.CheckpointError`` naming the file when it cannot be read or lacks a
+        ``required`` key."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no saved detector at {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        config = GASConfig.from_dict(state["config"])
+        state = read_state(path, "a saved detector", "cpu", ("config", *required))
+        try:
+            config = GASConfig.from_dict(state["config"])
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"the config saved in {path} does not fit this code: {err}"
+                                  ) from err
         if device is not None:
             config = config.replace(device=device)
         return state, config

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
-from tqdm.auto import tqdm
 
 from .config import TEXTURE_SOURCES, GASConfig
+from .progress import progress as show_progress
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -514,7 +514,7 @@ def build_las_pool(detector_or_extractor: Any, images: torch.Tensor, config: GAS
     batch = max(config.batch_size, 8)
     chosen = pool_images(images.shape[0], config.las_pool_images, config.seed)
     starts = range(0, len(chosen), chunk)
-    for start in tqdm(starts, desc="LAS pool", disable=not progress, leave=False):
+    for start in show_progress(starts, "LAS pool", enabled=progress, unit="chunk"):
         idx = chosen[start:start + chunk]
         part = images[idx]
         las_images, las_masks = make_las_images(part, config.las_variants, textures, rng, idx,

@@ -1,3 +1,4 @@
+import copy
 import math
 
 import numpy as np
@@ -53,10 +54,15 @@ def test_scores_and_maps(fitted, synthetic_root):
     test = load_split(synthetic_root, "plate", "test")
     scores, maps = fitted.score(test)
     assert scores.shape == (len(test),) and maps.shape == (len(test), 64, 64)
-    assert torch.isfinite(maps).all() and 0 <= maps.min() and maps.max() <= 1
-    # the image score is the max patch score, which smoothing can only lower
-    assert torch.all(maps.flatten(1).max(1).values <= scores + 1e-6)
+    assert torch.isfinite(scores).all() and torch.isfinite(maps).all()
     assert fitted.predict(test, threshold=float(scores.median())).sum() >= len(test) // 2
+    # the reference's scoring: probabilities, and the image score is the max patch score,
+    # which smoothing can only lower
+    reference = copy.copy(fitted)
+    reference.config = fitted.config.replace(patch_score="sigmoid", image_score_top_k=1)
+    scores, maps = reference.score(test)
+    assert 0 <= maps.min() and maps.max() <= 1
+    assert torch.all(maps.flatten(1).max(1).values <= scores + 1e-6)
 
 
 def test_save_and_load_give_identical_scores(fitted, synthetic_root, tmp_path):
@@ -207,3 +213,45 @@ def test_a_fit_with_weight_averaging_scores_with_the_average(synthetic_root):
     assert not torch.allclose(weight, plain.adaptor.linear.weight)
     scores, maps = averaged.score(test)
     assert torch.isfinite(scores).all() and torch.isfinite(maps).all()
+
+
+def test_files_that_cannot_load_raise_an_error_naming_them(fitted, synthetic_root, tmp_path):
+    from gas_lib.checkpoint import CheckpointError
+
+    garbage = tmp_path / "model.pth"
+    garbage.write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match=str(garbage)):
+        GASDetector.load(garbage)
+    partial = tmp_path / "partial.pth"
+    torch.save({"config": fitted.config.to_dict()}, partial)  # e.g. another detector's file
+    with pytest.raises(CheckpointError, match="missing.*adaptor"):
+        GASDetector.load(partial)
+    broken = tmp_path / "ckpt"
+    broken.mkdir()
+    (broken / CHECKPOINT_NAME).write_bytes(b"half a checkpoint")
+    train = load_split(synthetic_root, "plate", "train")
+    with pytest.raises(CheckpointError, match=CHECKPOINT_NAME):
+        GASDetector(tiny_config(epochs=1)).fit(train, checkpoint_dir=broken, progress=False)
+    GASDetector(tiny_config(epochs=1)).fit(train, checkpoint_dir=broken, resume=False,
+                                           progress=False)  # resume=False: starts afresh
+
+
+def test_an_epoch_budget_trains_on_that_many_images_in_full_batches(synthetic_root):
+    """images_per_epoch=6 of 12 images, batches of 4: batches of 4 and 2, no empty batch
+    (an empty one made the losses NaN)."""
+    train = load_split(synthetic_root, "plate", "train")
+    detector = GASDetector(tiny_config(epochs=2, images_per_epoch=6))
+    features = detector.embed(train, progress=False)
+    seen = []
+
+    def batch_features(idx):
+        seen.append(len(idx))
+        return features[idx]
+
+    opt_a, opt_d = detector.init_heads(features.shape[-1])
+    row = detector.run_epoch(batch_features, features.shape[0], opt_a, opt_d,
+                             torch.Generator().manual_seed(0), torch.Generator().manual_seed(1),
+                             reference=features)
+    assert seen == [4, 2] and all(math.isfinite(v) for v in row.values())
+    detector.fit_features(features, progress=False)
+    assert np.isfinite(detector.history["loss_total"]).all()

@@ -30,12 +30,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
-from tqdm.auto import tqdm
 
 from ..config import GASConfig
 from ..data import Sample, Size, config_for_data, image_shape, load_images
 from ..evaluate import compute_metrics
 from ..las import ImageTextures, ProceduralTextures, blend, perlin_mask, sample_beta
+from ..progress import progress as show_progress
 from ..train import GASDetector
 
 # blobs and strokes: LAS-like texture pastes and thin curves; specks: a few spots of 0.5-1.5 %
@@ -281,7 +281,8 @@ def compare(base: GASConfig, candidates: Mapping[str, Mapping[str, Any]],
         train = load_images([s.image_path for s in train], source_shape(base, side),
                             base.center_crop, progress)
     tables = []
-    for name, overrides in tqdm(candidates.items(), desc="candidates", disable=not progress):
+    for name, overrides in show_progress(candidates.items(), "candidates", enabled=progress,
+                                         unit="candidate"):
         table = validate(base.replace(**overrides), train, fraction=fraction, copies=copies,
                          seed=seed, progress=False)
         table.insert(0, "overrides", str(dict(overrides)) if overrides else "(base)")
