@@ -104,7 +104,7 @@ class GASConfig:
     # True: LAS masks only on the object, as the reference's MPDD script does (--fg 1), the
     # object estimated per image as what differs from the plain background
     # (las.foreground_mask). Off by default: on metal_plate it lowered gas+las pixel AUROC
-    # from 0.967-0.974 to 0.905-0.929 over three seeds (README; measured with the earlier GAS
+    # from 0.967-0.974 to 0.905-0.929 over three seeds (docs/experiments.md; measured with the earlier GAS
     # ascent and cpu settings); the ablation compares both
     las_foreground: bool = False
     # model selection: "last" epoch, held-out "validation" split of train/good, or "oracle"

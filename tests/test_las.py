@@ -351,3 +351,12 @@ def test_the_synthesis_table_names_object_only_las_masks():
                  las_pool_seconds=1.0, **metrics)]
     table = ablation.synthesis_table(pd.DataFrame(rows), GASConfig.preset("cpu"))
     assert list(table["textures"]) == ["-", "procedural", "procedural, object only"]
+
+
+def test_preset_settings_carry_the_radius_unit():
+    """The ablation's "settings" runs copy the radii with their unit: the GLASS reference's
+    r 0.5-1 are feature units, the cpu profile's 1-2 are multiples of the measured scale."""
+    from gas_lib.study import ablation
+
+    assert ablation.preset_settings("glass")["radius_scale"] == "absolute"
+    assert ablation.preset_settings("cpu")["radius_scale"] == "relative"

@@ -56,10 +56,11 @@ SYNTHESES = ("gas", "las", "gas+las")
 OFFLINE_TEXTURES = ("procedural", "train_images")
 METRICS = ("image_auroc", "pixel_auroc", "aupro")
 ALL_METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap", "f1_max")
-# The settings a "settings" run copies from a preset: GAS itself and the two optimisers.
-SETTING_KEYS = ("noise_std", "eta", "n_step", "n_proj", "r1", "r2", "adaptor_optimizer",
-                "adaptor_lr", "adaptor_weight_decay", "disc_optimizer", "disc_lr",
-                "disc_weight_decay")
+# The settings a "settings" run copies from a preset: GAS itself (the radii with their unit)
+# and the two optimisers.
+SETTING_KEYS = ("noise_std", "eta", "n_step", "n_proj", "r1", "r2", "radius_scale",
+                "adaptor_optimizer", "adaptor_lr", "adaptor_weight_decay", "disc_optimizer",
+                "disc_lr", "disc_weight_decay")
 PARAM_COLUMNS = ("r1", "r2", "eta", "n_step", "n_proj", "noise_std", "variant", "adaptor_lr",
                  "disc_lr", "disc_optimizer", "synthesis", "texture_source", "las_foreground")
 SETTINGS_LABELS = {"seed": "starting project", "glass": "GLASS reference"}
