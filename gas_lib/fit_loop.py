@@ -108,7 +108,7 @@ def train(detector: GASDetector, features: torch.Tensor, *,
                 f"all {cfg.epochs} epochs already trained (checkpoint {ckpt_path})")
 
     train_feats, val_feats = features[train_idx], features[val_idx]  # [N_t, P, D], [N_v, P, D]
-    if cfg.radius_scale == "relative":
+    if "relative" in (cfg.radius_scale, cfg.step_scale):
         detector.feature_scale = feature_scale(train_feats, cfg.seed)
     train_pool = val_pool = None
     epochs = progress(range(start_epoch, cfg.epochs + 1), "GAS epochs", total=cfg.epochs,
@@ -246,10 +246,11 @@ def run_epoch(detector: GASDetector, batch_features: Callable[[torch.Tensor], to
     assert adaptor is not None and discriminator is not None
     if detector.uses_las and las_batch is None:
         raise ValueError(f"synthesis={cfg.synthesis!r}: run_epoch needs las_batch")
+    relative = "relative" in (cfg.radius_scale, cfg.step_scale)
     if reference is None and (detector.variant == "hypersphere" or (
-            cfg.radius_scale == "relative" and detector.feature_scale is None)):
+            relative and detector.feature_scale is None)):
         reference = batch_features(torch.arange(n_images))  # [N, P, D]
-    if cfg.radius_scale == "relative" and detector.feature_scale is None:  # called outside a
+    if relative and detector.feature_scale is None:  # called outside a
         detector.feature_scale = feature_scale(reference, cfg.seed)  # fit (bench): measure once
     if detector.variant == "hypersphere":
         update_centres(detector, reference)
@@ -277,8 +278,10 @@ def run_epoch(detector: GASDetector, batch_features: Callable[[torch.Tensor], to
                 # the normal patches' first layer serves the ascent (as BatchNorm context)
                 # and the training pass, computed once with its graph
                 hidden = discriminator.first_layer(normal)  # [B * P, hidden]
-                synthetic = synthesize(discriminator, normal, shell, cfg, dev_gen, context=hidden)
-                loss_normal, loss_anomaly = gas_losses(discriminator, normal, synthetic, hidden)
+                synthetic = synthesize(discriminator, normal, shell, cfg, dev_gen, context=hidden,
+                                        units=detector.step_units(normal.shape[-1]))
+                loss_normal, loss_anomaly = gas_losses(discriminator, normal, synthetic, hidden,
+                                                       cfg.normal_hard_fraction)
         loss = loss_normal + loss_anomaly
         if las_batch is not None:
             las_features, las_labels = las_batch(idx)  # [B, P, D], [B, P]
@@ -341,8 +344,9 @@ def held_out_loss(detector: GASDetector, features: torch.Tensor,
         with head_autocast(detector):
             synthetic = synthesize(discriminator, normal,
                                    gas_shell(detector, normal, batch.shape[0]), detector.config,
-                                   gen)
-            loss_normal, loss_anomaly = gas_losses(discriminator, normal, synthetic)
+                                   gen, units=detector.step_units(normal.shape[-1]))
+            loss_normal, loss_anomaly = gas_losses(discriminator, normal, synthetic,
+                                                   detector.config.normal_hard_fraction)
         total += (loss_normal + loss_anomaly).item() * batch.shape[0]
         count += batch.shape[0]
     loss = total / count

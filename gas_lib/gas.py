@@ -9,6 +9,7 @@ reject exactly those near-normal points.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -51,7 +52,8 @@ def hypersphere_shell(centres: torch.Tensor, radius: float, scale: tuple[float, 
 
 def synthesize(discriminator: Discriminator, anchors: torch.Tensor, shell: Shell,
                config: GASConfig, generator: torch.Generator | None = None,
-               context: torch.Tensor | None = None) -> torch.Tensor:
+               context: torch.Tensor | None = None, units: tuple[float, float] = (1.0, 1.0)
+               ) -> torch.Tensor:
     """Return GAS features [N, D] for the normal features ``anchors`` (gradients not kept).
 
     ``n_step`` normalised gradient-ascent steps of size ``eta`` on ``BCE(D(g), 1)``, the norm
@@ -59,12 +61,14 @@ def synthesize(discriminator: Discriminator, anchors: torch.Tensor, shell: Shell
     the result always lies in the shell. ``D`` scores ``g`` in one BatchNorm batch with the
     anchors (``Discriminator.logits_in_context``), as the reference scores
     ``cat([normal, synthetic])`` at every step; ``context`` is ``first_layer(anchors)`` when
-    the caller has it already (computed here otherwise).
+    the caller has it already (computed here otherwise). ``units``: what ``noise_std`` and
+    ``eta`` are multiplied by (``GASDetector.step_units``; 1 and 1 for absolute settings).
     """
+    noise_unit, step_unit = units
     anchors = anchors.detach()
     noise = torch.randn(anchors.shape, generator=generator, device=anchors.device,
                         dtype=anchors.dtype)
-    synthetic = anchors + config.noise_std * noise
+    synthetic = anchors + (config.noise_std * noise_unit) * noise
     target = torch.ones(anchors.shape[0], device=anchors.device, dtype=anchors.dtype)
     if context is None and discriminator.training:  # eval mode: running statistics, no context
         with torch.no_grad():
@@ -77,19 +81,30 @@ def synthesize(discriminator: Discriminator, anchors: torch.Tensor, shell: Shell
             loss = F.binary_cross_entropy_with_logits(logits, target)
             (grad,) = torch.autograd.grad(loss, synthetic)
             grad_norm = grad.norm(dim=-1, keepdim=True).clamp_min(_EPS)
-            synthetic = synthetic.detach().addcmul(grad, grad_norm.reciprocal(), value=config.eta)
+            synthetic = synthetic.detach().addcmul(grad, grad_norm.reciprocal(), value=config.eta * step_unit)
             if step % config.n_proj == 0 or step == config.n_step:
                 synthetic = project_to_shell(synthetic, shell)
     return synthetic.detach()
 
 
 def gas_losses(discriminator: Discriminator, normal: torch.Tensor, synthetic: torch.Tensor,
-               normal_hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               normal_hidden: torch.Tensor | None = None, normal_hard_fraction: float = 1.0
+               ) -> tuple[torch.Tensor, torch.Tensor]:
     """``BCE(D(t), 0)`` and ``BCE(D(g), 1)``, from one discriminator pass over both sets
-    (``normal_hidden``: ``first_layer(normal)`` with its graph, when already computed)."""
+    (``normal_hidden``: ``first_layer(normal)`` with its graph, when already computed).
+
+    ``normal_hard_fraction`` < 1: the normal term averages only that fraction of the normal
+    patches with the largest loss, the rare ones the discriminator still calls anomalous (e.g.
+    the part on bracket_white, 6 % of the frame), instead of all of them (the reference).
+    """
     logits = discriminator.joint_logits(normal, synthetic, normal_hidden)
     n = normal.shape[0]
-    loss_normal = F.binary_cross_entropy_with_logits(logits[:n], torch.zeros_like(logits[:n]))
+    per_normal = F.binary_cross_entropy_with_logits(logits[:n], torch.zeros_like(logits[:n]),
+                                                    reduction="none")
+    k = max(1, math.ceil(normal_hard_fraction * n))
+    if k < n:
+        per_normal = per_normal.topk(k).values
+    loss_normal = per_normal.mean()
     loss_anomaly = F.binary_cross_entropy_with_logits(logits[n:], torch.ones_like(logits[n:]))
     return loss_normal, loss_anomaly
 

@@ -11,6 +11,7 @@ the training checkpoint in ``checkpoint.py``.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -74,6 +75,16 @@ class GASDetector(PatchDetector):
         if self.feature_scale is None:
             raise RuntimeError("radius_scale='relative' needs the feature scale: fit first")
         return self.feature_scale
+
+    def step_units(self, dim: int) -> tuple[float, float]:
+        """(noise unit per feature, step unit) that ``noise_std`` and ``eta`` are multiplied
+        by: 1 and 1 (absolute), or ``feature_scale / sqrt(dim)`` and ``feature_scale``
+        (relative: noise_std is the noise's expected length in feature scales)."""
+        if self.config.step_scale == "absolute":
+            return 1.0, 1.0
+        if self.feature_scale is None:
+            raise RuntimeError("step_scale='relative' needs the feature scale: fit first")
+        return self.feature_scale / math.sqrt(dim), self.feature_scale
 
     @property
     def uses_las(self) -> bool:

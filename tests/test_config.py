@@ -53,5 +53,5 @@ def test_fingerprint_follows_the_preset_and_the_method_version(monkeypatch):
     monkeypatch.setattr(config_module, "METHOD_VERSION", config_module.METHOD_VERSION + 1)
     bumped = config_module.fingerprint("cpu")
     assert bumped != cpu
-    monkeypatch.setitem(config_module.PRESETS, "cpu", dict(config_module.PRESETS["cpu"], r1=1.5))
+    monkeypatch.setitem(config_module.PRESETS, "cpu", dict(config_module.PRESETS["cpu"], r1=1.25))
     assert config_module.fingerprint("cpu") != bumped

@@ -92,6 +92,21 @@ def test_gas_losses_are_the_two_bce_terms():
     assert loss_a.item() == pytest.approx(expected_a.item(), rel=1e-5)
 
 
+def test_hard_normal_fraction_averages_the_worst_normal_patches():
+    """normal_hard_fraction=0.25 keeps the quarter of normal patches with the largest loss
+    (rounded up); the synthetic term is unchanged."""
+    torch.manual_seed(0)
+    disc = Discriminator(8, 16).eval()
+    normal, synthetic = torch.randn(10, 8), torch.randn(7, 8) + 3
+    loss_n, loss_a = gas_losses(disc, normal, synthetic, normal_hard_fraction=0.25)
+    per_patch = -torch.log(1 - disc(normal))
+    assert loss_n.item() == pytest.approx(per_patch.topk(3).values.mean().item(), rel=1e-5)
+    assert loss_n.item() > per_patch.mean().item()
+    assert loss_a.item() == pytest.approx(gas_losses(disc, normal, synthetic)[1].item())
+    with pytest.raises(ValueError, match="normal_hard_fraction"):
+        GASConfig.preset("cpu", normal_hard_fraction=0.0)
+
+
 def test_ascent_scores_synthetic_patches_in_one_batchnorm_batch_with_the_normal_ones():
     """As the reference scores cat([normal, synthetic]): BatchNorm over the synthetic patches
     alone would normalise away a shift they all share, so the ascent could not see it."""
@@ -156,3 +171,43 @@ def test_relative_shell_radii_follow_the_feature_scale(adapted):
                                torch.Generator().manual_seed(0))
         distance = (synthetic - anchors).norm(dim=1) / scale
         assert distance.min() >= config.r1 - 1e-3 and distance.max() <= config.r2 + 1e-3
+
+
+def test_relative_noise_is_as_long_as_asked_in_feature_scales(adapted):
+    """step_scale="relative": the noise's length is noise_std feature scales, in random
+    directions, at any feature magnitude; with absolute units the same noise_std is negligible
+    against relative radii (what made every synthetic patch follow one gradient direction)."""
+    anchors = adapted.flatten(0, 1)  # [P, D]
+    dim = anchors.shape[1]
+    wide = Shell(anchors, 1e-6, 1e6)  # no projection: the noise as it is drawn
+    disc = Discriminator(dim, 32)
+    for magnitude in (1.0, 10.0):
+        scale = magnitude * feature_scale(torch.stack([adapted[0], adapted[1]]))
+        config = GASConfig.preset("cpu", step_scale="relative", noise_std=1.5, eta=1e-9)
+        units = (scale / dim ** 0.5, scale)
+        offsets = synthesize(disc, magnitude * anchors, Shell(magnitude * anchors, 1e-6, 1e6),
+                             config, torch.Generator().manual_seed(0), units=units
+                             ) - magnitude * anchors
+        lengths = offsets.norm(dim=1) / scale
+        assert lengths.mean().item() == pytest.approx(1.5, rel=0.1)
+        cosines = F.normalize(offsets, dim=1) @ F.normalize(offsets, dim=1).T
+        off_diagonal = cosines[~torch.eye(len(offsets), dtype=torch.bool)]
+        assert off_diagonal.abs().mean().item() < 0.2  # random directions, not one
+    absolute = synthesize(disc, anchors, wide, GASConfig.preset("cpu", step_scale="absolute",
+                                                              eta=1e-9),
+                          torch.Generator().manual_seed(0)) - anchors
+    assert absolute.norm(dim=1).mean().item() < 0.2 * feature_scale(adapted)
+
+
+def test_step_units_follow_the_measured_scale():
+    """GASDetector.step_units: 1 and 1 for absolute settings, the feature scale (and scale per
+    sqrt(dim) for the per-feature noise) for relative ones; relative without a fit is an error."""
+    from gas_lib.train import GASDetector
+
+    detector = GASDetector(GASConfig.preset("cpu", step_scale="absolute"), pretrained=False)
+    assert detector.step_units(64) == (1.0, 1.0)
+    relative = GASDetector(GASConfig.preset("cpu", step_scale="relative"), pretrained=False)
+    with pytest.raises(RuntimeError, match="feature scale"):
+        relative.step_units(64)
+    relative.feature_scale = 8.0
+    assert relative.step_units(64) == (1.0, 8.0)

@@ -50,6 +50,29 @@ def test_defects_change_only_masked_pixels():
     assert defects.defective.min() >= 0 and defects.defective.max() <= 1
 
 
+def test_object_specks_and_scratches_sit_on_the_object():
+    """The "object" and "scratches" kinds put their defects on the part (MPDD's defects are on
+    the part, not on the background cloth), the "specks" kind anywhere in the frame; scratches
+    are faint (at most 30 % opacity)."""
+    good = torch.full((2, 3, 128, 128), 0.2)
+    good[:, :, 40:100, 50:80] = 0.9  # a bright part on a dark plain background
+    part = torch.zeros(128, 128, dtype=torch.bool)
+    part[40:100, 50:80] = True
+    defects = make_defects(good, good.clone(), copies=8)
+    on_object = defects.masks[torch.from_numpy(defects.kinds == "object")]
+    anywhere = defects.masks[torch.from_numpy(defects.kinds == "specks")]
+    assert on_object.any(dim=(1, 2)).all()
+    assert on_object[:, part].sum() / on_object.sum() > 0.8  # spots may overhang the edge
+    assert anywhere[:, part].sum() / anywhere.sum() < 0.5  # the part is 11 % of the frame
+    scratched = torch.from_numpy(defects.kinds == "scratches")
+    scratches = defects.masks[scratched]
+    assert scratches.any(dim=(1, 2)).all()
+    assert scratches[:, part].sum() / scratches.sum() > 0.8
+    source = good.repeat_interleave(len(DEFECT_KINDS) * 8, dim=0)[scratched]
+    change = (defects.defective[scratched] - source).abs()
+    assert change.max() <= 0.3 * 0.9 + 1e-6  # opacity <= 30 % of a [0, 1] difference
+
+
 def test_compare_scores_candidates_on_identical_defects(synthetic_root):
     """Two candidates with the same config get identical numbers (same split, same defects,
     seeded fit); a different config gets its own; every metric is a real probability."""
