@@ -280,8 +280,9 @@ def run_epoch(detector: GASDetector, batch_features: Callable[[torch.Tensor], to
                 hidden = discriminator.first_layer(normal)  # [B * P, hidden]
                 synthetic = synthesize(discriminator, normal, shell, cfg, dev_gen, context=hidden,
                                         units=detector.step_units(normal.shape[-1]))
-                loss_normal, loss_anomaly = gas_losses(discriminator, normal, synthetic, hidden,
-                                                       cfg.normal_hard_fraction)
+                loss_normal, loss_anomaly = gas_losses(
+                    discriminator, normal, synthetic, hidden,
+                    normal_hard_fraction=cfg.normal_hard_fraction)
         loss = loss_normal + loss_anomaly
         if las_batch is not None:
             las_features, las_labels = las_batch(idx)  # [B, P, D], [B, P]
@@ -345,8 +346,9 @@ def held_out_loss(detector: GASDetector, features: torch.Tensor,
             synthetic = synthesize(discriminator, normal,
                                    gas_shell(detector, normal, batch.shape[0]), detector.config,
                                    gen, units=detector.step_units(normal.shape[-1]))
-            loss_normal, loss_anomaly = gas_losses(discriminator, normal, synthetic,
-                                                   detector.config.normal_hard_fraction)
+            loss_normal, loss_anomaly = gas_losses(
+                discriminator, normal, synthetic,
+                normal_hard_fraction=detector.config.normal_hard_fraction)
         total += (loss_normal + loss_anomaly).item() * batch.shape[0]
         count += batch.shape[0]
     loss = total / count

@@ -88,8 +88,8 @@ def synthesize(discriminator: Discriminator, anchors: torch.Tensor, shell: Shell
 
 
 def gas_losses(discriminator: Discriminator, normal: torch.Tensor, synthetic: torch.Tensor,
-               normal_hidden: torch.Tensor | None = None, normal_hard_fraction: float = 1.0
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+               normal_hidden: torch.Tensor | None = None, *,
+               normal_hard_fraction: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """``BCE(D(t), 0)`` and ``BCE(D(g), 1)``, from one discriminator pass over both sets
     (``normal_hidden``: ``first_layer(normal)`` with its graph, when already computed).
 
