@@ -119,6 +119,7 @@ def make_defects(good: torch.Tensor, texture_images: torch.Tensor, copies: int =
     faint = np.random.default_rng([seed, 4])
     images, masks, kinds = [], [], []
     for i in range(good.shape[0]):
+        part = foreground_mask(good[i].numpy())  # where the object and scratches kinds go
         for kind in DEFECT_KINDS:
             for copy in range(copies):
                 texture_from = sources[(i + copy) % 2]
@@ -129,13 +130,12 @@ def make_defects(good: torch.Tensor, texture_images: torch.Tensor, copies: int =
                                   sample_beta(rng))
                 elif kind in ("specks", "object"):
                     gen = later if kind == "specks" else on_object
-                    where = foreground_mask(good[i].numpy()) if kind == "object" else None
-                    mask = speck_mask(size, gen, where)
+                    mask = speck_mask(size, gen, part if kind == "object" else None)
                     texture = texture_from.sample(gen, size)
                     image = blend(good[i], texture.to(good.dtype), torch.from_numpy(mask),
                                   float(gen.uniform(0.0, 0.5)))
                 elif kind == "scratches":
-                    mask = scratch_mask(size, faint, foreground_mask(good[i].numpy()))
+                    mask = scratch_mask(size, faint, part)
                     texture = texture_from.sample(faint, size)
                     image = blend(good[i], texture.to(good.dtype), torch.from_numpy(mask),
                                   1.0 - float(faint.uniform(0.08, 0.3)))
