@@ -65,6 +65,7 @@ def synthesize(discriminator: Discriminator, anchors: torch.Tensor, shell: Shell
     ``eta`` are multiplied by (``GASDetector.step_units``; 1 and 1 for absolute settings).
     """
     noise_unit, step_unit = units
+    step_length = config.eta * step_unit
     anchors = anchors.detach()
     noise = torch.randn(anchors.shape, generator=generator, device=anchors.device,
                         dtype=anchors.dtype)
@@ -81,7 +82,7 @@ def synthesize(discriminator: Discriminator, anchors: torch.Tensor, shell: Shell
             loss = F.binary_cross_entropy_with_logits(logits, target)
             (grad,) = torch.autograd.grad(loss, synthetic)
             grad_norm = grad.norm(dim=-1, keepdim=True).clamp_min(_EPS)
-            synthetic = synthetic.detach().addcmul(grad, grad_norm.reciprocal(), value=config.eta * step_unit)
+            synthetic = synthetic.detach().addcmul(grad, grad_norm.reciprocal(), value=step_length)
             if step % config.n_proj == 0 or step == config.n_step:
                 synthetic = project_to_shell(synthetic, shell)
     return synthetic.detach()

@@ -15,8 +15,8 @@ masks. It never reads ``test/``. Six kinds of defect, made the same way for ever
 - ``smooth``: a large soft region of shifted brightness and colour, no texture;
 - ``object``: specks centred on the object (``las.foreground_mask``), where MPDD's defects are;
 - ``scratches``: thin curves on the object at 8-30 % opacity. Faint thin defects are where GAS
-  and the nearest-neighbour baseline differ most (docs/experiments.md); the other kinds are
-  easy for both.
+  and the nearest-neighbour baseline differ most, as on bracket_white's real defects
+  (docs/experiments.md).
 
 These are proxies: a configuration that wins here is the better bet, not a guaranteed winner on
 real defects. LAS-trained configurations have seen blob-like anomalies in training, so
