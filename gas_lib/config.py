@@ -36,6 +36,7 @@ SYNTHESES = ("gas", "las", "gas+las")
 PATCH_SCORES = ("sigmoid", "logit")
 RADIUS_SCALES = ("absolute", "relative")
 TEXTURE_SOURCES = ("procedural", "train_images", "dtd", "folder")
+LAS_OPACITIES = ("reference", "wide")
 
 
 @dataclass
@@ -99,6 +100,9 @@ class GASConfig:
     # synthetic patches leave their anchors in random directions; against relative radii an
     # absolute noise is negligible and every synthetic patch lies along one gradient direction
     step_scale: str = "absolute"
+    # < 1: each batch synthesises GAS patches from only this fraction of its normal patches
+    # (drawn at random), which cuts the ascent's cost in proportion; 1: from all (reference)
+    gas_patch_fraction: float = 1.0
     # < 1: GAS's normal term averages only this fraction of normal patches, those with the
     # largest loss (rare normal patches the discriminator still calls anomalous); 1: all
     normal_hard_fraction: float = 1.0
@@ -111,6 +115,9 @@ class GASConfig:
     las_pool_images: int = 0  # > 0: LAS variants of at most this many training images (flat cost)
     texture_source: str = "procedural"  # offline default; "train_images", "dtd", "folder"
     texture_root: str | None = None  # folder of textures ("folder"), DTD cache dir ("dtd")
+    # how strongly a LAS texture covers the image: "reference" (20-80 %) or "wide" (5-80 %,
+    # log-uniform, so faint defects are synthesised too; las.sample_beta)
+    las_opacity: str = "reference"
     focal_gamma: float = 2.0
     las_hard_fraction: float = 0.5  # focal loss over the hardest fraction of LAS patches
     # True: LAS masks only on the object, as the reference's MPDD script does (--fg 1), the
@@ -154,6 +161,7 @@ class GASConfig:
             "variant": VARIANT_CHOICES,
             "synthesis": SYNTHESES,
             "texture_source": TEXTURE_SOURCES,
+            "las_opacity": LAS_OPACITIES,
             "selection": SELECTIONS,
             "adaptor_optimizer": OPTIMIZERS,
             "disc_optimizer": OPTIMIZERS,
@@ -196,6 +204,9 @@ class GASConfig:
             raise ValueError(f"config.focal_gamma={self.focal_gamma}: expected a value >= 0")
         if not 0 < self.normal_hard_fraction <= 1:
             raise ValueError(f"config.normal_hard_fraction={self.normal_hard_fraction}: expected "
+                             "0 < value <= 1")
+        if not 0 < self.gas_patch_fraction <= 1:
+            raise ValueError(f"config.gas_patch_fraction={self.gas_patch_fraction}: expected "
                              "0 < value <= 1")
         if not 0 < self.las_hard_fraction <= 1:
             raise ValueError(f"config.las_hard_fraction={self.las_hard_fraction}: expected "

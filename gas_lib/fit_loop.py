@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from .checkpoint import CHECKPOINT_NAME, FitState, resume_training, save_training
 from .gas import (Shell, feature_scale, gas_losses, hypersphere_shell, manifold_shell,
-                  position_centres, project_to_shell, synthesize)
+                  position_centres, project_to_shell, share_of_anchors, synthesize)
 from .las import LASPool, build_las_pool, focal_loss, pool_sampler
 from .model import Adaptor, Discriminator
 from .progress import log, progress
@@ -274,12 +274,13 @@ def run_epoch(detector: GASDetector, batch_features: Callable[[torch.Tensor], to
             loss_anomaly = torch.zeros((), device=detector.device)
         else:
             shell = gas_shell(detector, normal, batch.shape[0])
+            anchors, shell = share_of_anchors(normal, shell, cfg.gas_patch_fraction, dev_gen)
             with head_autocast(detector):
                 # the normal patches' first layer serves the ascent (as BatchNorm context)
                 # and the training pass, computed once with its graph
                 hidden = discriminator.first_layer(normal)  # [B * P, hidden]
-                synthetic = synthesize(discriminator, normal, shell, cfg, dev_gen, context=hidden,
-                                        units=detector.step_units(normal.shape[-1]))
+                synthetic = synthesize(discriminator, anchors, shell, cfg, dev_gen, context=hidden,
+                                       units=detector.step_units(normal.shape[-1]))
                 loss_normal, loss_anomaly = gas_losses(
                     discriminator, normal, synthetic, hidden,
                     normal_hard_fraction=cfg.normal_hard_fraction)

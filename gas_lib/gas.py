@@ -50,6 +50,21 @@ def hypersphere_shell(centres: torch.Tensor, radius: float, scale: tuple[float, 
     return Shell(centres, scale[0] * radius, scale[1] * radius)
 
 
+def share_of_anchors(normal: torch.Tensor, shell: Shell, fraction: float,
+                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, Shell]:
+    """A random ``fraction`` of the normal patches [N, D] and their shell, as the anchors GAS
+    synthesises from (``gas_patch_fraction``); all of them, unchanged, when ``fraction`` is 1.
+
+    The ascent's cost is proportional to the number of anchors; the normal term and the
+    BatchNorm context still see every normal patch.
+    """
+    if fraction >= 1:
+        return normal, shell
+    keep = torch.randperm(normal.shape[0], generator=generator, device=normal.device)
+    keep = keep[:max(1, math.ceil(fraction * normal.shape[0]))]
+    return normal[keep], Shell(shell.reference[keep], shell.r1, shell.r2)
+
+
 def synthesize(discriminator: Discriminator, anchors: torch.Tensor, shell: Shell,
                config: GASConfig, generator: torch.Generator | None = None,
                context: torch.Tensor | None = None, units: tuple[float, float] = (1.0, 1.0)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .config import TEXTURE_SOURCES, GASConfig
+from .config import LAS_OPACITIES, TEXTURE_SOURCES, GASConfig
 from .progress import progress as show_progress
 
 if TYPE_CHECKING:
@@ -60,14 +60,15 @@ def perlin_noise(shape: tuple[int, int], res: tuple[int, int], rng: np.random.Ge
     x = np.arange(w) * (rx / w)
     yi, xi = np.floor(y).astype(int), np.floor(x).astype(int)
     yf, xf = (y - yi)[:, None], (x - xi)[None, :]
-    Y, X = yi[:, None], xi[None, :]
 
     def corner(dy: int, dx: int) -> np.ndarray:
-        return gx[Y + dy, X + dx] * (xf - dx) + gy[Y + dy, X + dx] * (yf - dy)
+        # rows first, then columns: two small gathers instead of one [H, W] fancy index
+        return (gx[yi + dy][:, xi + dx] * (xf - dx)) + (gy[yi + dy][:, xi + dx] * (yf - dy))
 
     u, v = _fade(xf), _fade(yf)
-    top = corner(0, 0) + u * (corner(0, 1) - corner(0, 0))
-    bottom = corner(1, 0) + u * (corner(1, 1) - corner(1, 0))
+    top_left, bottom_left = corner(0, 0), corner(1, 0)
+    top = top_left + u * (corner(0, 1) - top_left)
+    bottom = bottom_left + u * (corner(1, 1) - bottom_left)
     return np.sqrt(2.0) * (top + v * (bottom - top))
 
 
@@ -169,8 +170,20 @@ def blend(image: torch.Tensor, texture: torch.Tensor, mask: torch.Tensor, beta: 
     return image * (1 - m) + (1 - beta) * texture * m + beta * image * m
 
 
-def sample_beta(rng: np.random.Generator) -> float:
-    """Opacity of the image under the texture: N(0.5, 0.1) clipped to [0.2, 0.8]."""
+WIDE_TEXTURE_WEIGHT = (0.05, 0.8)  # las_opacity="wide": the texture's weight, log-uniform
+
+
+def sample_beta(rng: np.random.Generator, opacity: str = "reference") -> float:
+    """Opacity of the image under the texture. ``reference``: N(0.5, 0.1) clipped to
+    [0.2, 0.8], so the texture always weighs 20-80 %. ``wide``: the texture's weight
+    ``1 - beta`` log-uniform in [0.05, 0.8], half of the draws below 0.2: faint defects
+    (a light scratch, a slight discolouration) are anomalies too, and the reference never
+    makes one."""
+    if opacity == "wide":
+        low, high = WIDE_TEXTURE_WEIGHT
+        return float(1.0 - np.exp(rng.uniform(np.log(low), np.log(high))))
+    if opacity != "reference":
+        raise ValueError(f"las_opacity={opacity!r}: expected one of {LAS_OPACITIES}")
     return float(np.clip(rng.normal(0.5, 0.1), 0.2, 0.8))
 
 
@@ -386,12 +399,14 @@ def texture_source(config: GASConfig, train_images: torch.Tensor | None = None
 # --- LAS images -------------------------------------------------------------------------------
 def make_las_images(images: torch.Tensor, n_variants: int, textures: TextureSource,
                     rng: np.random.Generator, indices: Sequence[int] | None = None,
-                    foreground: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                    foreground: bool = False, opacity: str = "reference"
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """``n_variants`` LAS images per image [N, 3, H, W] -> ([N*V, 3, H, W], bool [N*V, H, W]).
 
     Variants of one image are consecutive. ``indices`` are the images' positions in the
     training set (so ``train_images`` textures skip the image itself). ``foreground``: masks
-    only on each image's object (``foreground_mask``).
+    only on each image's object (``foreground_mask``). ``opacity``: how strongly the texture
+    covers the image (``sample_beta``).
     """
     shape = (int(images.shape[-2]), int(images.shape[-1]))
     out = torch.empty(images.shape[0] * n_variants, *images.shape[1:], dtype=images.dtype)
@@ -403,7 +418,7 @@ def make_las_images(images: torch.Tensor, n_variants: int, textures: TextureSour
         for _ in range(n_variants):
             mask = torch.from_numpy(perlin_mask(shape, rng, foreground=allowed))
             texture = textures.sample(rng, shape, exclude=None if indices is None else indices[i])
-            out[row] = blend(image, texture.to(image.dtype), mask, sample_beta(rng))
+            out[row] = blend(image, texture.to(image.dtype), mask, sample_beta(rng, opacity))
             masks[row] = mask
             row += 1
     return out, masks
@@ -518,7 +533,7 @@ def build_las_pool(detector_or_extractor: Any, images: torch.Tensor, config: GAS
         idx = chosen[start:start + chunk]
         part = images[idx]
         las_images, las_masks = make_las_images(part, config.las_variants, textures, rng, idx,
-                                                config.las_foreground)
+                                                config.las_foreground, config.las_opacity)
         feats.append(compute_features(extractor, las_images, device, batch_size=batch,
                                       amp=config.amp, progress=False))
         labels.append(patch_labels(las_masks, grid))
@@ -552,7 +567,8 @@ def preview(config: GASConfig, images: torch.Tensor, n_images: int = 4,
     textures = texture_source(config, images)
     part = images[:n_images]
     las_images, masks = make_las_images(part, config.las_variants, textures, rng,
-                                        list(range(part.shape[0])), config.las_foreground)
+                                        list(range(part.shape[0])), config.las_foreground,
+                                        config.las_opacity)
     height, width = images.shape[-2:]
     grid = grid or (max(1, height // 8), max(1, width // 8))
     return LASPreview(part, las_images, masks, patch_labels(masks, grid), grid, textures.name)

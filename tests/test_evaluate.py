@@ -4,7 +4,8 @@ from scipy import ndimage
 from sklearn.metrics import auc, roc_curve
 
 from gas_lib.data import load_split
-from gas_lib.evaluate import aupro, compute_metrics, evaluate, f1_max
+from gas_lib.evaluate import (RankedPixels, aupro, compute_metrics, evaluate, f1_max,
+                              pixel_auroc_and_ap)
 from gas_lib.train import GASDetector
 
 from conftest import tiny_config
@@ -37,6 +38,24 @@ def test_aupro_matches_the_threshold_sweep():
     masks[1, 10:20, 10:25] = True
     maps = rng.random((4, 32, 32)) * 0.6 + masks * rng.random((4, 32, 32)) * 0.5
     assert aupro(masks, maps) == pytest.approx(_aupro_by_thresholds(masks, maps), abs=2e-3)
+
+
+def test_one_sort_gives_sklearns_pixel_auroc_and_ap_with_ties():
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    rng = np.random.default_rng(0)
+    for share in (0.01, 0.1, 0.4):
+        masks = rng.random((5, 30, 40)) < share
+        maps = (rng.random(masks.shape) + 0.7 * masks).astype(np.float16)  # float16: many ties
+        ranked = RankedPixels.of(maps)
+        assert len(ranked.run_ends) < maps.size  # there are ties to count
+        got_auroc, got_ap = pixel_auroc_and_ap(masks, ranked)
+        scores = maps.ravel().astype(np.float64)
+        assert got_auroc == pytest.approx(roc_auc_score(masks.ravel(), scores), abs=1e-12)
+        assert got_ap == pytest.approx(average_precision_score(masks.ravel(), scores), abs=1e-12)
+        assert aupro(masks, maps, ranked=ranked) == aupro(masks, maps)
+    assert all(np.isnan(v) for v in pixel_auroc_and_ap(np.zeros((1, 4, 4), bool),
+                                                       RankedPixels.of(np.zeros((1, 4, 4)))))
 
 
 def test_aupro_extremes():

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from gas_lib.backbone import FeatureExtractor
 from gas_lib.config import GASConfig
 from gas_lib.gas import (Shell, feature_scale, gas_losses, hypersphere_shell, manifold_shell,
-                         position_centres, project_to_shell, synthesize)
+                         position_centres, project_to_shell, share_of_anchors, synthesize)
 from gas_lib.model import Adaptor, Discriminator
 
 
@@ -211,3 +211,17 @@ def test_step_units_follow_the_measured_scale():
         relative.step_units(64)
     relative.feature_scale = 8.0
     assert relative.step_units(64) == (1.0, 8.0)
+
+
+def test_a_share_of_anchors_is_a_random_subset_with_its_own_shell():
+    normal = torch.randn(100, 8)
+    shell = manifold_shell(normal, GASConfig(r1=1.0, r2=2.0), scale=3.0)
+    anchors, part = share_of_anchors(normal, shell, 0.25, torch.Generator().manual_seed(0))
+    assert anchors.shape == (25, 8)
+    rows = [int((normal == a).all(dim=1).nonzero()) for a in anchors]
+    assert len(set(rows)) == 25 and rows != list(range(25))  # distinct, drawn at random
+    assert torch.equal(part.reference, normal[rows]) and (part.r1, part.r2) == (3.0, 6.0)
+    same, whole = share_of_anchors(normal, shell, 1.0)
+    assert same is normal and whole is shell
+    with pytest.raises(ValueError, match="gas_patch_fraction"):
+        GASConfig(gas_patch_fraction=0.0)

@@ -12,7 +12,8 @@ from gas_lib.config import GASConfig
 from gas_lib.data import load_split
 from gas_lib.las import (ProceduralTextures, TextureUnavailable, blend, build_las_pool,
                          focal_loss, foreground_mask, make_las_images, patch_labels, perlin_mask,
-                         perlin_noise, procedural_texture, rotate_map, texture_source)
+                         perlin_noise, procedural_texture, rotate_map, sample_beta,
+                         texture_source)
 from gas_lib.train import CHECKPOINT_NAME, GASDetector
 
 from conftest import tiny_config
@@ -87,6 +88,32 @@ def test_las_images_only_change_the_masked_pixels():
         assert masks[row].any()
         assert torch.equal(out[row][:, ~masks[row]], source[:, ~masks[row]])
     assert 0 <= out.min() and out.max() <= 1
+
+
+def test_wide_opacity_makes_faint_textures_that_the_reference_never_makes():
+    rng = np.random.default_rng(0)
+    reference = 1 - np.array([sample_beta(rng) for _ in range(2000)])  # the texture's weight
+    wide = 1 - np.array([sample_beta(rng, "wide") for _ in range(2000)])
+    assert reference.min() >= 0.2 - 1e-9 and reference.max() <= 0.8 + 1e-9
+    assert wide.min() >= 0.05 - 1e-9 and wide.max() <= 0.8 + 1e-9
+    assert 0.4 < (wide < 0.2).mean() < 0.6  # log-uniform over [0.05, 0.8]: half below 0.2
+    with pytest.raises(ValueError, match="las_opacity"):
+        sample_beta(rng, "faint")
+    with pytest.raises(ValueError, match="las_opacity"):
+        GASConfig(las_opacity="faint")
+
+
+def test_wide_opacity_reaches_the_las_images():
+    images = torch.full((1, 3, 32, 32), 0.5)
+    textures = ProceduralTextures()
+    out = {}
+    for opacity in ("reference", "wide"):
+        las, masks = make_las_images(images, 40, textures, np.random.default_rng(3), [0],
+                                     opacity=opacity)
+        change = (las - images).abs().amax(dim=1)  # [V, H, W]
+        out[opacity] = torch.stack([change[v][masks[v]].mean() for v in range(40)])
+    # a flat grey image: how far a LAS pixel moves is the texture's weight times its contrast
+    assert out["wide"].min() < 0.5 * out["reference"].min()
 
 
 def test_texture_sources_fail_with_a_named_alternative(tmp_path):

@@ -63,7 +63,8 @@ SETTING_KEYS = ("noise_std", "eta", "n_step", "n_proj", "r1", "r2", "radius_scal
                 "adaptor_optimizer", "adaptor_lr", "adaptor_weight_decay", "disc_optimizer",
                 "disc_lr", "disc_weight_decay")
 PARAM_COLUMNS = ("r1", "r2", "eta", "n_step", "n_proj", "noise_std", "variant", "adaptor_lr",
-                 "disc_lr", "disc_optimizer", "synthesis", "texture_source", "las_foreground")
+                 "disc_lr", "disc_optimizer", "synthesis", "texture_source", "las_foreground",
+                 "las_opacity")
 SETTINGS_LABELS = {"seed": "starting project", "glass": "GLASS reference"}
 
 # Multipliers of the base value per grid; the radii are (r1 factor, r2 factor) pairs.
@@ -137,6 +138,9 @@ def plan(base: GASConfig, grid: str | None = None, epochs: int | None = None) ->
     rows.append(dict(group="texture", label=f"{las_synthesis}, masks on {where}",
                      overrides=dict(synthesis=las_synthesis,
                                     las_foreground=not base.las_foreground)))
+    other_opacity = "reference" if base.las_opacity == "wide" else "wide"
+    rows.append(dict(group="texture", label=f"{las_synthesis}, {other_opacity} opacity",
+                     overrides=dict(synthesis=las_synthesis, las_opacity=other_opacity)))
 
     seen = {_key(base)}
     kept = [rows[0]]
@@ -224,12 +228,12 @@ def run(variants: pd.DataFrame, base: GASConfig, train_samples: Sequence[Sample]
     return _order(pd.DataFrame(rows))
 
 
-def _las_pool(pools: dict[tuple[str, int, bool], LASPool], probe: GASDetector, config: GASConfig,
+def _las_pool(pools: dict[tuple[str, int, bool, str], LASPool], probe: GASDetector, config: GASConfig,
               train_images: torch.Tensor, progress: bool) -> LASPool | None:
     """The LAS pool for this run's texture source and masks, built on first use, then shared."""
     if config.synthesis == "gas":
         return None
-    key = (config.texture_source, config.las_variants, config.las_foreground)
+    key = (config.texture_source, config.las_variants, config.las_foreground, config.las_opacity)
     if key not in pools:
         pools[key] = build_las_pool(probe.extractor, train_images, config, device=probe.device,
                                     progress=progress)

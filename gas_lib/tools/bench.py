@@ -184,7 +184,8 @@ def _las_rows(detector: GASDetector, config: GASConfig, images: torch.Tensor, fi
         pending: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         las_images, las_masks = make_las_images(images, las_config.las_variants, textures,
                                                 np.random.default_rng(1), list(range(n_images)),
-                                                las_config.las_foreground)
+                                                las_config.las_foreground,
+                                                las_config.las_opacity)
         las_images, las_labels = las_images.to(device), patch_labels(las_masks, grid).to(device)
         images_dev = images.to(device)
         rows_gen = torch.Generator().manual_seed(0)
@@ -200,7 +201,8 @@ def _las_rows(detector: GASDetector, config: GASConfig, images: torch.Tensor, fi
         def read_las_and_recompute(idx: torch.Tensor) -> torch.Tensor:
             batch = detector.read_images([files[i] for i in idx.tolist()])
             las_images, masks = make_las_images(batch, 1, textures, rng, idx.tolist(),
-                                                las_config.las_foreground)
+                                                las_config.las_foreground,
+                                                las_config.las_opacity)
             both = torch.cat([batch, las_images]).to(device)
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 feats = detector.extractor(both).float()
