@@ -202,18 +202,11 @@ class GASConfig:
             raise ValueError(f"config.ema_decay={self.ema_decay}: expected 0 (off) <= value < 1")
         if not self.focal_gamma >= 0:
             raise ValueError(f"config.focal_gamma={self.focal_gamma}: expected a value >= 0")
-        if not 0 < self.normal_hard_fraction <= 1:
-            raise ValueError(f"config.normal_hard_fraction={self.normal_hard_fraction}: expected "
-                             "0 < value <= 1")
-        if not 0 < self.gas_patch_fraction <= 1:
-            raise ValueError(f"config.gas_patch_fraction={self.gas_patch_fraction}: expected "
-                             "0 < value <= 1")
-        if not 0 < self.las_hard_fraction <= 1:
-            raise ValueError(f"config.las_hard_fraction={self.las_hard_fraction}: expected "
-                             "0 < value <= 1")
-        if not 0 < self.knn_coreset_fraction <= 1:
-            raise ValueError(f"config.knn_coreset_fraction={self.knn_coreset_fraction}: expected "
-                             "0 < value <= 1")
+        fractions = ("normal_hard_fraction", "gas_patch_fraction", "las_hard_fraction",
+                     "knn_coreset_fraction")
+        for name in fractions:
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"config.{name}={getattr(self, name)}: expected 0 < value <= 1")
         if int(self.knn_bank_max) < 1:
             raise ValueError(f"config.knn_bank_max={self.knn_bank_max!r}: expected a positive "
                              "integer")

@@ -228,8 +228,8 @@ def run(variants: pd.DataFrame, base: GASConfig, train_samples: Sequence[Sample]
     return _order(pd.DataFrame(rows))
 
 
-def _las_pool(pools: dict[tuple[str, int, bool, str], LASPool], probe: GASDetector, config: GASConfig,
-              train_images: torch.Tensor, progress: bool) -> LASPool | None:
+def _las_pool(pools: dict[tuple[str, int, bool, str], LASPool], probe: GASDetector,
+              config: GASConfig, train_images: torch.Tensor, progress: bool) -> LASPool | None:
     """The LAS pool for this run's texture source and masks, built on first use, then shared."""
     if config.synthesis == "gas":
         return None
