@@ -1,5 +1,6 @@
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -225,3 +226,18 @@ def test_a_share_of_anchors_is_a_random_subset_with_its_own_shell():
     assert same is normal and whole is shell
     with pytest.raises(ValueError, match="gas_patch_fraction"):
         GASConfig(gas_patch_fraction=0.0)
+
+
+def test_a_fit_with_half_the_anchors_trains_and_differs_from_the_full_one():
+    from conftest import tiny_config
+    from gas_lib.train import GASDetector
+
+    images = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    histories = {}
+    for fraction in (1.0, 0.5):
+        detector = GASDetector(tiny_config(epochs=2, gas_patch_fraction=fraction))
+        detector.fit(images, progress=False)
+        history = detector.history[["loss_normal", "loss_anomaly"]].to_numpy()
+        assert history.shape == (2, 2) and (history > 0).all() and np.isfinite(history).all()
+        histories[fraction] = history
+    assert not (histories[1.0] == histories[0.5]).all()  # the option reaches the training loop
