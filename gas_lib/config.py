@@ -21,7 +21,7 @@ import torch
 # 2: the GAS ascent scores synthetic patches in one BatchNorm batch with the normal ones.
 # 3: the cpu profile of issue 9 (relative radii, budgets, logit and top-k scores).
 # 4: the cpu profile's radii 1.5-3 (chosen with faint scratches on the object in validation).
-# 5: the cpu profile's discriminator learns at twice the adaptor's rate (4e-4), as in the reference.
+# 5: the cpu profile's discriminator learns at twice the adaptor's rate (4e-4), the reference's ratio.
 METHOD_VERSION = 5
 
 BACKBONES = ("wide_resnet50_2", "efficientnet_lite0")
