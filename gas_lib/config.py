@@ -38,6 +38,7 @@ PATCH_SCORES = ("sigmoid", "logit")
 RADIUS_SCALES = ("absolute", "relative")
 TEXTURE_SOURCES = ("procedural", "train_images", "dtd", "folder")
 LAS_OPACITIES = ("reference", "wide")
+ASCENT_NORMS = ("batch", "frozen")
 
 
 @dataclass
@@ -104,6 +105,11 @@ class GASConfig:
     # < 1: each batch synthesises GAS patches from only this fraction of its normal patches
     # (drawn at random), which cuts the ascent's cost in proportion; 1: from all (reference)
     gas_patch_fraction: float = 1.0
+    # how the ascent's steps see BatchNorm: "batch" (reference): every step normalises over
+    # [normal; synthetic] anew and differentiates through the batch statistics; "frozen": the
+    # statistics of that batch at the first step, held fixed over the steps and folded into
+    # the first layer (Discriminator.folded), so a step is two matrix products, no BatchNorm
+    ascent_norm: str = "batch"
     # < 1: GAS's normal term averages only this fraction of normal patches, those with the
     # largest loss (rare normal patches the discriminator still calls anomalous); 1: all
     normal_hard_fraction: float = 1.0
@@ -119,6 +125,9 @@ class GASConfig:
     # how strongly a LAS texture covers the image: "reference" (20-80 %) or "wide" (5-80 %,
     # log-uniform, so faint defects are synthesised too; las.sample_beta)
     las_opacity: str = "reference"
+    # the share of LAS images whose masked region changes brightness and colour instead of
+    # taking a texture (las.shade_region: smooth anomalies such as uneven paint); 0: none (reference)
+    las_shade_fraction: float = 0.0
     focal_gamma: float = 2.0
     las_hard_fraction: float = 0.5  # focal loss over the hardest fraction of LAS patches
     # True: LAS masks only on the object, as the reference's MPDD script does (--fg 1), the
@@ -171,6 +180,7 @@ class GASConfig:
             "patch_score": PATCH_SCORES,
             "radius_scale": RADIUS_SCALES,
             "step_scale": RADIUS_SCALES,
+            "ascent_norm": ASCENT_NORMS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -201,6 +211,9 @@ class GASConfig:
                              "0 (never) or a positive number of epochs")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"config.ema_decay={self.ema_decay}: expected 0 (off) <= value < 1")
+        if not 0 <= self.las_shade_fraction <= 1:
+            raise ValueError(f"config.las_shade_fraction={self.las_shade_fraction}: expected "
+                             "0 <= value <= 1")
         if not self.focal_gamma >= 0:
             raise ValueError(f"config.focal_gamma={self.focal_gamma}: expected a value >= 0")
         fractions = ("normal_hard_fraction", "gas_patch_fraction", "las_hard_fraction",

@@ -170,6 +170,22 @@ def blend(image: torch.Tensor, texture: torch.Tensor, mask: torch.Tensor, beta: 
     return image * (1 - m) + (1 - beta) * texture * m + beta * image * m
 
 
+SHADE_GAIN = (0.1, 0.4)  # las_shade_fraction: brightness change of the region, either way
+SHADE_CAST = 0.08  # and a colour cast of up to this much per channel
+
+
+def shade_region(image: torch.Tensor, mask: torch.Tensor, rng: np.random.Generator
+                 ) -> torch.Tensor:
+    """The image [3, H, W] with its brightness scaled by ``1 +- SHADE_GAIN`` and a colour cast
+    added inside ``mask`` [H, W]: a smooth, textureless anomaly (uneven paint, a stain, a
+    discoloured area), which texture blends never make. Outside the mask it is untouched."""
+    change = float(rng.uniform(*SHADE_GAIN))
+    gain = 1.0 + change if rng.random() < 0.5 else 1.0 - change
+    cast = torch.from_numpy(rng.uniform(-SHADE_CAST, SHADE_CAST, (image.shape[0], 1, 1)))
+    shaded = (image * gain + cast.to(image.dtype)).clamp(0.0, 1.0)
+    return torch.where(mask.to(torch.bool), shaded, image)
+
+
 WIDE_TEXTURE_WEIGHT = (0.05, 0.8)  # las_opacity="wide": the texture's weight, log-uniform
 
 
@@ -399,14 +415,16 @@ def texture_source(config: GASConfig, train_images: torch.Tensor | None = None
 # --- LAS images -------------------------------------------------------------------------------
 def make_las_images(images: torch.Tensor, n_variants: int, textures: TextureSource,
                     rng: np.random.Generator, indices: Sequence[int] | None = None,
-                    foreground: bool = False, opacity: str = "reference"
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+                    foreground: bool = False, opacity: str = "reference",
+                    shade_fraction: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """``n_variants`` LAS images per image [N, 3, H, W] -> ([N*V, 3, H, W], bool [N*V, H, W]).
 
     Variants of one image are consecutive. ``indices`` are the images' positions in the
     training set (so ``train_images`` textures skip the image itself). ``foreground``: masks
     only on each image's object (``foreground_mask``). ``opacity``: how strongly the texture
-    covers the image (``sample_beta``).
+    covers the image (``sample_beta``). ``shade_fraction``: the share of LAS images (drawn at
+    random) whose masked region changes brightness and colour (``shade_region``) instead of
+    taking a texture; 0 (reference) draws nothing extra, so the images stay as they were.
     """
     shape = (int(images.shape[-2]), int(images.shape[-1]))
     out = torch.empty(images.shape[0] * n_variants, *images.shape[1:], dtype=images.dtype)
@@ -417,8 +435,12 @@ def make_las_images(images: torch.Tensor, n_variants: int, textures: TextureSour
         allowed = foreground_mask(image.numpy()) if foreground else None
         for _ in range(n_variants):
             mask = torch.from_numpy(perlin_mask(shape, rng, foreground=allowed))
-            texture = textures.sample(rng, shape, exclude=None if indices is None else indices[i])
-            out[row] = blend(image, texture.to(image.dtype), mask, sample_beta(rng, opacity))
+            if shade_fraction > 0 and rng.random() < shade_fraction:
+                out[row] = shade_region(image, mask, rng)
+            else:
+                texture = textures.sample(rng, shape,
+                                          exclude=None if indices is None else indices[i])
+                out[row] = blend(image, texture.to(image.dtype), mask, sample_beta(rng, opacity))
             masks[row] = mask
             row += 1
     return out, masks
@@ -533,7 +555,8 @@ def build_las_pool(detector_or_extractor: Any, images: torch.Tensor, config: GAS
         idx = chosen[start:start + chunk]
         part = images[idx]
         las_images, las_masks = make_las_images(part, config.las_variants, textures, rng, idx,
-                                                config.las_foreground, config.las_opacity)
+                                                config.las_foreground, config.las_opacity,
+                                                config.las_shade_fraction)
         feats.append(compute_features(extractor, las_images, device, batch_size=batch,
                                       amp=config.amp, progress=False))
         labels.append(patch_labels(las_masks, grid))
@@ -568,7 +591,7 @@ def preview(config: GASConfig, images: torch.Tensor, n_images: int = 4,
     part = images[:n_images]
     las_images, masks = make_las_images(part, config.las_variants, textures, rng,
                                         list(range(part.shape[0])), config.las_foreground,
-                                        config.las_opacity)
+                                        config.las_opacity, config.las_shade_fraction)
     height, width = images.shape[-2:]
     grid = grid or (max(1, height // 8), max(1, width // 8))
     return LASPreview(part, las_images, masks, patch_labels(masks, grid), grid, textures.name)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import GASConfig
@@ -84,6 +86,62 @@ class Discriminator(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(features))
+
+    @torch.no_grad()
+    def folded(self, context: torch.Tensor | None, features: torch.Tensor) -> FoldedDiscriminator:
+        """This discriminator with BatchNorm's statistics held fixed and folded into the first
+        layer (``ascent_norm="frozen"``).
+
+        Training mode: the statistics of ``cat([context, first_layer(features)])``, the batch the
+        reference's first ascent step normalises over (``context``: ``first_layer`` of the normal
+        patches); eval mode: the running statistics. The result is an affine map, LeakyReLU and
+        the last layer, whose input gradient needs no BatchNorm backward.
+        """
+        first, norm, activation, last = self.body
+        if self.training:
+            if context is None:
+                raise ValueError("folded in training mode needs the normal patches' "
+                                 "first_layer output as context")
+            # moments from column sums: torch.var_mean over dim 0 is several times slower
+            parts = (context.detach().float(), first(features).float())
+            count = sum(part.shape[0] for part in parts)
+            mean = sum(part.sum(0) for part in parts) / count
+            var = (sum((part * part).sum(0) for part in parts) / count - mean * mean).clamp_min(0)
+        else:
+            mean, var = norm.running_mean, norm.running_var
+        scale = norm.weight.float() * torch.rsqrt(var.float() + norm.eps)  # [hidden]
+        return FoldedDiscriminator(
+            weight=first.weight.float() * scale[:, None],
+            bias=(first.bias.float() - mean.float()) * scale + norm.bias.float(),
+            out=last.weight[0].float(), slope=float(activation.negative_slope))
+
+
+@dataclass
+class FoldedDiscriminator:
+    """``Discriminator.folded``: an affine map (the first layer and BatchNorm with fixed
+    statistics), LeakyReLU and the last layer."""
+
+    weight: torch.Tensor  # [hidden, D]
+    bias: torch.Tensor  # [hidden]
+    out: torch.Tensor  # [hidden], the last layer
+    slope: float  # LeakyReLU's negative slope
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        hidden = F.linear(features, self.weight, self.bias)
+        return F.leaky_relu(hidden, self.slope) @ self.out.to(hidden.dtype)
+
+    @torch.no_grad()
+    def anomaly_loss_gradient(self, features: torch.Tensor) -> torch.Tensor:
+        """The gradient of ``mean(BCE(logits(features), 1))`` with respect to ``features``
+        [N, D], float32, written out by hand: two matrix products (in bf16 under the caller's
+        autocast) and a few element-wise ones, no autograd graph."""
+        hidden = F.linear(features, self.weight, self.bias)  # [N, hidden]
+        out = self.out.to(hidden.dtype)
+        logits = F.leaky_relu(hidden, self.slope) @ out  # [N]
+        d_logits = (torch.sigmoid(logits.float()) - 1.0) / features.shape[0]  # BCE with target 1
+        d_activation = torch.outer(d_logits.to(hidden.dtype), out)  # [N, hidden]
+        d_hidden = torch.ops.aten.leaky_relu_backward(d_activation, hidden, self.slope, False)
+        return (d_hidden @ self.weight.to(d_hidden.dtype)).float()
 
 
 def build_heads(dim: int, config: GASConfig) -> tuple[Adaptor, Discriminator]:

@@ -241,3 +241,56 @@ def test_a_fit_with_half_the_anchors_trains_and_differs_from_the_full_one():
         assert history.shape == (2, 2) and (history > 0).all() and np.isfinite(history).all()
         histories[fraction] = history
     assert not (histories[1.0] == histories[0.5]).all()  # the option reaches the training loop
+
+
+def test_folded_discriminator_is_batchnorm_with_the_joint_batch_statistics_fixed():
+    """ascent_norm="frozen": the first step sees exactly the reference's joint batch; the
+    hand-written gradient equals autograd's through the same folded network."""
+    torch.manual_seed(0)
+    disc = Discriminator(8, 16).train()
+    with torch.no_grad():
+        disc.body[1].weight.uniform_(0.5, 1.5)
+        disc.body[1].bias.normal_()
+    normal, synthetic = torch.randn(40, 8), torch.randn(30, 8) + 1
+    context = disc.first_layer(normal).detach()
+    folded = disc.folded(context, synthetic)
+    joint = copy.deepcopy(disc).logits(torch.cat([normal, synthetic]))[40:]
+    assert torch.allclose(folded.logits(synthetic), joint, atol=1e-5)
+    moved = synthetic + 0.5 * torch.randn(30, 8)  # statistics stay those of the first batch
+    assert not torch.allclose(folded.logits(moved), disc.logits_in_context(moved, context),
+                              atol=1e-3)
+    leaf = moved.clone().requires_grad_(True)
+    loss = F.binary_cross_entropy_with_logits(folded.logits(leaf), torch.ones(30))
+    (expected,) = torch.autograd.grad(loss, leaf)
+    assert torch.allclose(folded.anomaly_loss_gradient(moved), expected, atol=1e-7)
+    disc.eval()  # eval mode folds the running statistics: the same logits as the network
+    assert torch.allclose(disc.folded(None, moved).logits(moved), disc.logits(moved), atol=1e-5)
+    with pytest.raises(ValueError, match="context"):
+        disc.train().folded(None, moved)
+    with pytest.raises(ValueError, match="ascent_norm"):
+        GASConfig(ascent_norm="fixed")
+
+
+def test_frozen_ascent_climbs_the_loss_within_the_shell_and_matches_the_batch_one_in_eval(adapted):
+    anchors = adapted.flatten(0, 1)
+    torch.manual_seed(0)
+    disc = Discriminator(anchors.shape[1], 32).train()
+    config = GASConfig.preset("seed", eta=0.5, n_step=3, ascent_norm="frozen")
+    shell = manifold_shell(anchors, config)
+    context = disc.first_layer(anchors).detach()
+    frozen = synthesize(disc, anchors, shell, config, torch.Generator().manual_seed(0), context)
+    distance = (frozen - anchors).norm(dim=1)
+    assert distance.min() >= config.r1 - 1e-4 and distance.max() <= config.r2 + 1e-4
+    batch = synthesize(disc, anchors, shell, config.replace(ascent_norm="batch"),
+                       torch.Generator().manual_seed(0), context)
+    assert not torch.allclose(frozen, batch, atol=1e-3)  # the option reaches the ascent
+    folded = disc.folded(context, anchors)
+    start = anchors + config.noise_std * torch.randn(
+        anchors.shape, generator=torch.Generator().manual_seed(0))
+    bce = lambda g: F.binary_cross_entropy_with_logits(folded.logits(g), torch.ones(len(g)))
+    assert bce(frozen) > bce(start) + 0.05
+    disc.eval()  # BatchNorm on running statistics: nothing to freeze, both ascents agree
+    eval_frozen = synthesize(disc, anchors, shell, config, torch.Generator().manual_seed(0))
+    eval_batch = synthesize(disc, anchors, shell, config.replace(ascent_norm="batch"),
+                            torch.Generator().manual_seed(0))
+    assert torch.allclose(eval_frozen, eval_batch, atol=1e-4)

@@ -116,6 +116,34 @@ def test_wide_opacity_reaches_the_las_images():
     assert out["wide"].min() < 0.5 * out["reference"].min()
 
 
+def test_shaded_las_regions_change_brightness_and_colour_but_not_texture():
+    """las_shade_fraction: those LAS images are the image itself, scaled and shifted per
+    channel inside the mask (no texture); the rest are texture blends as before, and 0 makes
+    exactly the images of the reference's LAS."""
+    # values 0.3-0.6: gains of 0.6-1.4 and casts of 0.08 never clip
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 0.3 + 0.3
+    textures = ProceduralTextures()
+    plain = make_las_images(images, 10, textures, np.random.default_rng(5), [0, 1])
+    same = make_las_images(images, 10, textures, np.random.default_rng(5), [0, 1],
+                           shade_fraction=0.0)
+    assert torch.equal(plain[0], same[0]) and torch.equal(plain[1], same[1])
+    shaded, masks = make_las_images(images, 10, textures, np.random.default_rng(5), [0, 1],
+                                    shade_fraction=1.0)
+    for row in range(20):
+        source, inside = images[row // 10], masks[row]
+        assert torch.equal(shaded[row][:, ~inside], source[:, ~inside]) and inside.sum() >= 3
+        for channel in range(3):  # inside: source * gain + cast, one gain for all channels
+            x, y = source[channel][inside], shaded[row][channel][inside]
+            slope = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()
+            assert torch.allclose(y, slope * x + (y.mean() - slope * x.mean()), atol=1e-5)
+            assert 0.1 - 1e-4 <= abs(float(slope) - 1) <= 0.4 + 1e-4
+    half, _ = make_las_images(images, 10, textures, np.random.default_rng(5), [0, 1],
+                              shade_fraction=0.5)
+    assert not torch.equal(half, plain[0]) and not torch.equal(half, shaded)
+    with pytest.raises(ValueError, match="las_shade_fraction"):
+        GASConfig(las_shade_fraction=1.5)
+
+
 def test_texture_sources_fail_with_a_named_alternative(tmp_path):
     with pytest.raises(TextureUnavailable, match=str(tmp_path)):
         texture_source(tiny_config(texture_source="folder", texture_root=str(tmp_path)))

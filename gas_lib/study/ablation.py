@@ -59,7 +59,7 @@ ALL_METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap", "f
 # The settings a "settings" run copies from a preset: GAS itself (the radii, noise and step
 # with their units, the normal term's hard fraction) and the two optimisers.
 SETTING_KEYS = ("noise_std", "eta", "n_step", "n_proj", "r1", "r2", "radius_scale",
-                "step_scale", "normal_hard_fraction",
+                "step_scale", "ascent_norm", "normal_hard_fraction",
                 "adaptor_optimizer", "adaptor_lr", "adaptor_weight_decay", "disc_optimizer",
                 "disc_lr", "disc_weight_decay")
 PARAM_COLUMNS = ("r1", "r2", "eta", "n_step", "n_proj", "noise_std", "variant", "adaptor_lr",
