@@ -76,8 +76,8 @@ def synthesize(discriminator: Discriminator, anchors: torch.Tensor, shell: Shell
     the result always lies in the shell. ``D`` scores ``g`` in one BatchNorm batch with the
     anchors (``Discriminator.logits_in_context``), as the reference scores
     ``cat([normal, synthetic])`` at every step (``ascent_norm="frozen"``: with the statistics
-    of that batch at the first step held fixed, ``Discriminator.folded``, at about half the
-    cost); ``context`` is ``first_layer(anchors)`` when
+    of that batch at the first step held fixed, ``Discriminator.folded``: each step about half
+    the cost); ``context`` is ``first_layer(anchors)`` when
     the caller has it already (computed here otherwise). ``units``: what ``noise_std`` and
     ``eta`` are multiplied by (``GASDetector.step_units``; 1 and 1 for absolute settings).
     """

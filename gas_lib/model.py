@@ -127,17 +127,19 @@ class FoldedDiscriminator:
     slope: float  # LeakyReLU's negative slope
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
-        hidden = F.linear(features, self.weight, self.bias)
-        return F.leaky_relu(hidden, self.slope) @ self.out.to(hidden.dtype)
+        return self._hidden_and_logits(features)[1]
+
+    def _hidden_and_logits(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = F.linear(features, self.weight, self.bias)  # [N, hidden]
+        return hidden, F.leaky_relu(hidden, self.slope) @ self.out.to(hidden.dtype)
 
     @torch.no_grad()
     def anomaly_loss_gradient(self, features: torch.Tensor) -> torch.Tensor:
         """The gradient of ``mean(BCE(logits(features), 1))`` with respect to ``features``
         [N, D], float32, written out by hand: two matrix products (in bf16 under the caller's
         autocast) and a few element-wise ones, no autograd graph."""
-        hidden = F.linear(features, self.weight, self.bias)  # [N, hidden]
+        hidden, logits = self._hidden_and_logits(features)
         out = self.out.to(hidden.dtype)
-        logits = F.leaky_relu(hidden, self.slope) @ out  # [N]
         d_logits = (torch.sigmoid(logits.float()) - 1.0) / features.shape[0]  # BCE with target 1
         d_activation = torch.outer(d_logits.to(hidden.dtype), out)  # [N, hidden]
         d_hidden = torch.ops.aten.leaky_relu_backward(d_activation, hidden, self.slope, False)

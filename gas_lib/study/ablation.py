@@ -57,7 +57,8 @@ OFFLINE_TEXTURES = ("procedural", "train_images")
 METRICS = ("image_auroc", "pixel_auroc", "aupro")
 ALL_METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap", "f1_max")
 # The settings a "settings" run copies from a preset: GAS itself (the radii, noise and step
-# with their units, the normal term's hard fraction) and the two optimisers.
+# with their units, how the ascent sees BatchNorm, the normal term's hard fraction) and the
+# two optimisers.
 SETTING_KEYS = ("noise_std", "eta", "n_step", "n_proj", "r1", "r2", "radius_scale",
                 "step_scale", "ascent_norm", "normal_hard_fraction",
                 "adaptor_optimizer", "adaptor_lr", "adaptor_weight_decay", "disc_optimizer",
