@@ -123,17 +123,24 @@ class _EfficientNetLite0Maps(nn.Module):
 # --- patch embedding -------------------------------------------------------------------------
 def _reference_embedding(maps: list[torch.Tensor], pretrain_dim: int, target_dim: int
                          ) -> torch.Tensor:
-    """GLASS/PatchCore embedding: 3x3 neighbourhoods, aligned grids, two adaptive poolings."""
-    grid = maps[0].shape[-2:]
+    """GLASS/PatchCore embedding: 3x3 neighbourhoods, aligned grids, two adaptive poolings.
+
+    Each layer's neighbourhoods are pooled to ``pretrain_dim`` before the coarse layer is
+    upsampled to the fine grid. The reference upsamples first; both steps are linear (one mixes
+    channels, the other positions), so the order changes only float rounding (~1e-7), while
+    upsampling ``pretrain_dim`` channels instead of ``9 C`` halves the embedding's time.
+    """
+    grid = tuple(maps[0].shape[-2:])
     per_layer = []
     for fmap in maps:
         b, c, h, w = fmap.shape
         patches = F.unfold(fmap, kernel_size=3, padding=1)  # [B, C*9, h*w], C-major order
-        patches = patches.reshape(b, c * 9, h, w)
-        if (h, w) != tuple(grid):
-            patches = F.interpolate(patches, size=grid, mode="bilinear", align_corners=False)
-        vectors = patches.permute(0, 2, 3, 1).reshape(-1, 1, c * 9)
-        per_layer.append(F.adaptive_avg_pool1d(vectors, pretrain_dim))  # [N, 1, P]
+        vectors = patches.transpose(1, 2).reshape(-1, 1, c * 9)
+        pooled = F.adaptive_avg_pool1d(vectors, pretrain_dim).view(b, h, w, pretrain_dim)
+        if (h, w) != grid:
+            pooled = F.interpolate(pooled.permute(0, 3, 1, 2), size=grid, mode="bilinear",
+                                   align_corners=False).permute(0, 2, 3, 1)
+        per_layer.append(pooled.reshape(-1, 1, pretrain_dim))  # [N, 1, P]
     stacked = torch.cat(per_layer, dim=2)  # [N, 1, L*P]
     return F.adaptive_avg_pool1d(stacked, target_dim).squeeze(1)
 
@@ -170,6 +177,9 @@ class FeatureExtractor(nn.Module):
         self.pretrain_embed_dim, self.target_embed_dim = pretrain_embed_dim, target_embed_dim
         self.requires_grad_(False)
         self.eval()
+        # channels-last convolutions run about 1.7x faster on the CPU (oneDNN), and suit
+        # tensor cores on CUDA; the result differs from NCHW only in rounding (~1e-5)
+        self.to(memory_format=torch.channels_last)
 
     @classmethod
     def from_config(cls, config: GASConfig, pretrained: bool = True) -> "FeatureExtractor":
@@ -187,7 +197,7 @@ class FeatureExtractor(nn.Module):
         return super().train(False)
 
     def feature_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
-        return self.maps(images)
+        return self.maps(images.contiguous(memory_format=torch.channels_last))
 
     @staticmethod
     def grid_size(image_size: int | tuple[int, int]) -> tuple[int, int]:

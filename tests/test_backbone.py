@@ -81,3 +81,34 @@ def test_feature_cache_in_memory_and_on_disk(tmp_path):
                          progress=False)
     assert len(list(tmp_path.glob("features_*.pt"))) == 2
     assert not torch.equal(first, other)
+
+
+def _reference_order_embedding(maps, pretrain_dim, target_dim):
+    """The GLASS reference's order: unfold, upsample the unfolded map, then pool."""
+    grid = maps[0].shape[-2:]
+    per_layer = []
+    for fmap in maps:
+        b, c, h, w = fmap.shape
+        patches = F.unfold(fmap, kernel_size=3, padding=1).reshape(b, c * 9, h, w)
+        if (h, w) != tuple(grid):
+            patches = F.interpolate(patches, size=grid, mode="bilinear", align_corners=False)
+        vectors = patches.permute(0, 2, 3, 1).reshape(-1, 1, c * 9)
+        per_layer.append(F.adaptive_avg_pool1d(vectors, pretrain_dim))
+    return F.adaptive_avg_pool1d(torch.cat(per_layer, dim=2), target_dim).squeeze(1)
+
+
+@pytest.mark.parametrize("dims", [(384, 384), (96, 80)])
+def test_embedding_pools_before_upsampling_like_the_reference(dims):
+    """Pooling first (cheaper) must give the reference's features up to float rounding, on a
+    non-square grid and with real backbone maps."""
+    extractor = FeatureExtractor("efficientnet_lite0", pretrain_embed_dim=dims[0],
+                                 target_embed_dim=dims[1])
+    images = torch.from_numpy(skdata.astronaut()[:192, :320]).permute(2, 0, 1)[None] / 255.0
+    with torch.no_grad():
+        maps = [m.float() for m in extractor.feature_maps(images.float())]
+        expected = _reference_order_embedding(maps, *dims)
+        features = extractor(images.float())
+    assert tuple(features.shape) == (1, 24 * 40, dims[1])
+    scale = expected.abs().max()
+    assert scale > 0.1
+    assert torch.allclose(features[0], expected, atol=1e-5 * float(scale), rtol=0)
