@@ -301,8 +301,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # their proportions, each epoch trains on at most 38 images and LAS varies at most 48, so a
     # fit costs about the same for 50 or 400 training images. Images are read at 288 px (256
     # before): thin defects span more patches, and 38 images of 288 px make as many patches per
-    # epoch as 48 of 256, so training costs the same (issue 9, eleventh round, four seeds). Patches score by the logit (no
-    # saturation at 1.0) and the image score is the mean of the 10 highest patches. The
+    # epoch as 48 of 256, so training costs the same (issue 9, eleventh round, four seeds).
+    # Patches score by the logit (no saturation at 1.0) and the image score is the mean of the
+    # 10 highest patches. The
     # discriminator learns at twice the adaptor's rate, the reference's ratio (it sharpened faint
     # scratches on both seeds tried; raising both rates did not). The heads score as a weight
     # average (ema_decay: the honest last epoch is a settled model) over a short horizon, 0.95:
