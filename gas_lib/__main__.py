@@ -53,7 +53,8 @@ def _add_fit_options(parser: argparse.ArgumentParser, profiles: list[str]) -> No
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device")
     _add_las_options(parser)
-    parser.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="any config field")
+    parser.add_argument("--set", nargs="*", action="extend", metavar="KEY=VALUE",
+                        help="any config field; repeat --set or list several")
 
 
 def _parser() -> argparse.ArgumentParser:

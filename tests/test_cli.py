@@ -26,6 +26,17 @@ def test_train_writes_metrics_plots_and_checkpoint(synthetic_root, tmp_path, cap
     assert "image_auroc" in capsys.readouterr().out
 
 
+def test_repeated_set_options_all_apply():
+    """``--set a=1 --set b=2`` keeps both (a plain ``nargs="*"`` kept only the last one)."""
+    from gas_lib.__main__ import _config, _parser
+    args = _parser().parse_args(["train", "--data-root", "d", "--out", "o", "--category", "plate",
+                                 "--profile", "cpu",
+                                 "--set", "image_size=256", "--set", "images_per_epoch=48",
+                                 "ema_decay=0.9"])
+    config = _config(args)
+    assert (config.image_size, config.images_per_epoch, config.ema_decay) == (256, 48, 0.9)
+
+
 @pytest.mark.parametrize("args, expected", [
     (["--category", "nothere"], "nothere"),
     (["--category", "plate", "--set", "variant=cube"], "variant"),
