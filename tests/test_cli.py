@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from gas_lib.__main__ import main
+from gas_lib.__main__ import _config, _parser, main
 
 
 def test_train_writes_metrics_plots_and_checkpoint(synthetic_root, tmp_path, capsys):
@@ -28,7 +28,6 @@ def test_train_writes_metrics_plots_and_checkpoint(synthetic_root, tmp_path, cap
 
 def test_repeated_set_options_all_apply():
     """``--set a=1 --set b=2`` keeps both (a plain ``nargs="*"`` kept only the last one)."""
-    from gas_lib.__main__ import _config, _parser
     args = _parser().parse_args(["train", "--data-root", "d", "--out", "o", "--category", "plate",
                                  "--profile", "cpu",
                                  "--set", "image_size=256", "--set", "images_per_epoch=48",
