@@ -53,25 +53,40 @@ def f1_max(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
 
 @dataclass
 class RankedPixels:
-    """Every pixel of a split sorted once by score, highest first, with the positions where a
-    run of equal scores ends (a threshold takes all ties at once). The pixel AUROC, the pixel
-    AP and the AUPRO are all read off this one sort; each used to sort the ~10^7 pixels of a
-    category again (sklearn in float64, a stable sort), which made the metrics slower than
-    scoring the images."""
+    """Every pixel of a split grouped by its score, the distinct scores highest first (a
+    threshold takes all ties at once). The pixel AUROC, the pixel AP and the AUPRO are all read
+    off this one grouping; each used to sort the ~10^7 pixels of a category again (sklearn in
+    float64, a stable sort), which made the metrics slower than scoring the images.
 
-    order: np.ndarray  # [M] pixel indices by descending score
-    run_ends: np.ndarray  # [R] positions in ``order`` where a run of equal scores ends
+    Float16 maps (what ``predict_split`` keeps) have at most 65,536 distinct values, so their
+    pixels are binned by the value's bits (linear time, no sort); other dtypes are sorted.
+    """
+
+    keys: np.ndarray  # [M] per pixel: a bin whose index grows with the score
+    n_keys: int
+    present: np.ndarray  # [n_keys] bool, highest bin first: bins that hold a pixel
+    at_or_above: np.ndarray  # [R] pixels at or above each distinct score, highest first
 
     @classmethod
     def of(cls, maps: np.ndarray) -> "RankedPixels":
-        scores = np.asarray(maps, dtype=np.float32).ravel()
-        order = np.argsort(-scores)
-        ranked = scores[order]
-        return cls(order, np.flatnonzero(np.r_[ranked[1:] != ranked[:-1], True]))
+        values = np.asarray(maps)
+        if values.dtype == np.float16:
+            bits = (values.ravel() + np.float16(0)).view(np.uint16)  # -0 becomes +0
+            negative = (bits & 0x8000) != 0  # order of the bits: flip negatives, lift positives
+            keys = np.where(negative, ~bits, bits | 0x8000).astype(np.intp)
+            n_keys = 1 << 16
+        else:
+            distinct, keys = np.unique(values.astype(np.float32).ravel(), return_inverse=True)
+            n_keys = len(distinct)
+        counts = np.bincount(keys, minlength=n_keys)[::-1]
+        present = counts > 0
+        return cls(keys, n_keys, present, np.cumsum(counts)[present])
 
     def cumulative(self, weights: np.ndarray) -> np.ndarray:
         """Total weight of the pixels at or above each distinct score, highest score first."""
-        return np.cumsum(np.asarray(weights, dtype=np.float64).ravel()[self.order])[self.run_ends]
+        totals = np.bincount(self.keys, np.asarray(weights, dtype=np.float64).ravel(),
+                             minlength=self.n_keys)[::-1]
+        return np.cumsum(totals)[self.present]
 
 
 def pixel_auroc_and_ap(masks: np.ndarray, ranked: RankedPixels) -> tuple[float, float]:
@@ -83,10 +98,10 @@ def pixel_auroc_and_ap(masks: np.ndarray, ranked: RankedPixels) -> tuple[float, 
     if positives in (0, labels.size):
         return float("nan"), float("nan")
     true_pos = ranked.cumulative(labels)
-    false_pos = (ranked.run_ends + 1) - true_pos
+    false_pos = ranked.at_or_above - true_pos
     tpr = np.r_[0.0, true_pos / positives]
     fpr = np.r_[0.0, false_pos / (labels.size - positives)]
-    precision = true_pos / (ranked.run_ends + 1)
+    precision = true_pos / ranked.at_or_above
     return float(np.trapezoid(tpr, fpr)), float(np.sum(np.diff(tpr) * precision))
 
 

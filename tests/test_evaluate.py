@@ -46,14 +46,19 @@ def test_one_sort_gives_sklearns_pixel_auroc_and_ap_with_ties():
     rng = np.random.default_rng(0)
     for share in (0.01, 0.1, 0.4):
         masks = rng.random((5, 30, 40)) < share
-        maps = (rng.random(masks.shape) + 0.7 * masks).astype(np.float16)  # float16: many ties
-        ranked = RankedPixels.of(maps)
-        assert len(ranked.run_ends) < maps.size  # there are ties to count
-        got_auroc, got_ap = pixel_auroc_and_ap(masks, ranked)
+        # float16 (binned by its bits): many ties, both signs, and -0 and +0 (one score)
+        maps = (rng.random(masks.shape) - 0.5 + 0.7 * masks).astype(np.float16)
+        maps[0, 0, :4] = [-0.0, 0.0, -0.0, 0.0]
         scores = maps.ravel().astype(np.float64)
-        assert got_auroc == pytest.approx(roc_auc_score(masks.ravel(), scores), abs=1e-12)
-        assert got_ap == pytest.approx(average_precision_score(masks.ravel(), scores), abs=1e-12)
-        assert aupro(masks, maps, ranked=ranked) == aupro(masks, maps)
+        for dtype in (np.float16, np.float32):  # float32: sorted instead of binned
+            ranked = RankedPixels.of(maps.astype(dtype))
+            assert len(ranked.at_or_above) == len(np.unique(scores)) < maps.size  # ties
+            got_auroc, got_ap = pixel_auroc_and_ap(masks, ranked)
+            assert got_auroc == pytest.approx(roc_auc_score(masks.ravel(), scores), abs=1e-12)
+            assert got_ap == pytest.approx(average_precision_score(masks.ravel(), scores),
+                                           abs=1e-12)
+            assert aupro(masks, maps, ranked=ranked) == pytest.approx(
+                aupro(masks, maps.astype(np.float64)), abs=1e-12)
     assert all(np.isnan(v) for v in pixel_auroc_and_ap(np.zeros((1, 4, 4), bool),
                                                        RankedPixels.of(np.zeros((1, 4, 4)))))
 
