@@ -109,7 +109,7 @@ def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = PRO_FPR_LIMIT,
           ranked: RankedPixels | None = None) -> float:
     """Area under the per-region-overlap curve up to ``fpr_limit``, normalised by it.
 
-    Standard MVTec definition, exact: pixels are sorted by score once (``ranked``, reused
+    Standard MVTec definition, exact: pixels are grouped by score once (``ranked``, reused
     when given); the PRO curve is the cumulative sum of region-pixel weights (1 / (region size
     * number of regions)) and the FPR curve the cumulative share of normal pixels, read at
     every distinct score. No dilation.
