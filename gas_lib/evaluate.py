@@ -63,7 +63,6 @@ class RankedPixels:
     """
 
     keys: np.ndarray  # [M] per pixel: a bin whose index grows with the score
-    n_keys: int
     present: np.ndarray  # [n_keys] bool, highest bin first: bins that hold a pixel
     at_or_above: np.ndarray  # [R] pixels at or above each distinct score, highest first
 
@@ -80,12 +79,12 @@ class RankedPixels:
             n_keys = len(distinct)
         counts = np.bincount(keys, minlength=n_keys)[::-1]
         present = counts > 0
-        return cls(keys, n_keys, present, np.cumsum(counts)[present])
+        return cls(keys, present, np.cumsum(counts)[present])
 
     def cumulative(self, weights: np.ndarray) -> np.ndarray:
         """Total weight of the pixels at or above each distinct score, highest score first."""
         totals = np.bincount(self.keys, np.asarray(weights, dtype=np.float64).ravel(),
-                             minlength=self.n_keys)[::-1]
+                             minlength=len(self.present))[::-1]
         return np.cumsum(totals)[self.present]
 
 

@@ -40,7 +40,7 @@ def test_aupro_matches_the_threshold_sweep():
     assert aupro(masks, maps) == pytest.approx(_aupro_by_thresholds(masks, maps), abs=2e-3)
 
 
-def test_one_sort_gives_sklearns_pixel_auroc_and_ap_with_ties():
+def test_one_ranking_gives_sklearns_pixel_auroc_and_ap_with_ties():
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     rng = np.random.default_rng(0)
