@@ -50,10 +50,11 @@ def test_defects_change_only_masked_pixels():
     assert defects.defective.min() >= 0 and defects.defective.max() <= 1
 
 
-def test_object_specks_and_scratches_sit_on_the_object():
-    """The "object" and "scratches" kinds put their defects on the part (MPDD's defects are on
-    the part, not on the background cloth), the "specks" kind anywhere in the frame; scratches
-    are faint (at most 30 % opacity)."""
+def test_object_specks_scratches_and_stains_sit_on_the_object():
+    """The "object", "scratches" and "stains" kinds put their defects on the part (MPDD's
+    defects are on the part, not on the background cloth), the "specks" kind anywhere in the
+    frame; scratches are faint (at most 30 % opacity); stains are larger than specks and shift
+    brightness and colour by at most a gain of 25 % and a cast of 0.05 (``shade``)."""
     good = torch.full((2, 3, 128, 128), 0.2)
     good[:, :, 40:100, 50:80] = 0.9  # a bright part on a dark plain background
     part = torch.zeros(128, 128, dtype=torch.bool)
@@ -71,6 +72,16 @@ def test_object_specks_and_scratches_sit_on_the_object():
     source = good.repeat_interleave(len(DEFECT_KINDS) * 8, dim=0)[scratched]
     change = (defects.defective[scratched] - source).abs()
     assert change.max() <= 0.3 * 0.9 + 1e-6  # opacity <= 30 % of a [0, 1] difference
+    stained = torch.from_numpy(defects.kinds == "stains")
+    stains = defects.masks[stained]
+    assert stains.any(dim=(1, 2)).all()
+    assert stains[:, ~part].sum() / stains.sum() < 0.1  # at most a rim past the part's edge
+    assert stains.sum() > 2 * on_object.sum()  # grown specks
+    source = good.repeat_interleave(len(DEFECT_KINDS) * 8, dim=0)[stained]
+    inside = stains[:, part]  # [S, pixels of the part]
+    part_change = (defects.defective[stained] - source)[:, :, part]  # [S, 3, pixels]
+    centre = part_change[:, 0][inside]
+    assert centre.abs().max() > 0.05 and centre.abs().max() <= 0.25 * 0.9 + 0.05 + 1e-6
 
 
 def test_compare_scores_candidates_on_identical_defects(synthetic_root):
