@@ -125,7 +125,7 @@ def make_defects(good: torch.Tensor, texture_images: torch.Tensor, copies: int =
     stained = np.random.default_rng([seed, 5])
     images, masks, kinds = [], [], []
     for i in range(good.shape[0]):
-        part = foreground_mask(good[i].numpy())  # where the object and scratches kinds go
+        part = foreground_mask(good[i].numpy())  # where the object, scratches and stains kinds go
         for kind in DEFECT_KINDS:
             for copy in range(copies):
                 texture_from = sources[(i + copy) % 2]
