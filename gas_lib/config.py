@@ -304,14 +304,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     # epoch as 48 of 256, so training costs the same (issue 9, eleventh round, four seeds).
     # Patches score by the logit (no saturation at 1.0) and the image score is the mean of the
     # 10 highest patches. The discriminator learns at twice the adaptor's rate, the reference's
-    # ratio (it sharpened faint scratches on both seeds tried; raising both rates did not).
-    # The heads score as a weight
-    # average (ema_decay: the honest last epoch is a settled model) over a short horizon, 0.95:
-    # a longer one blurs the discriminator's faint-defect sensitivity (0.95 vs 0.99 sharpened
-    # faint scratches on four seeds, two of them fresh for the check). The ascent climbs in
-    # three steps of 0.8333, the same path as five of 0.5, at 0.79x the training time (equal on
-    # validation, two seeds). The epoch count was chosen earlier on metal_plate
-    # (docs/experiments.md says how).
+    # ratio (it sharpened faint scratches on both seeds tried; raising both rates did not). The
+    # heads score as a weight average (ema_decay: the honest last epoch is a settled model) over
+    # a short horizon, 0.95: a longer one blurs the discriminator's faint-defect sensitivity
+    # (0.95 vs 0.99 sharpened faint scratches on four seeds, two of them fresh for the check).
+    # The ascent climbs in three steps of 0.8333, the same path as five of 0.5, at 0.79x the
+    # training time (equal on validation, two seeds). The epoch count was chosen earlier on
+    # metal_plate (docs/experiments.md says how).
     "cpu": dict(
         backbone="efficientnet_lite0", embedding="reference", image_size=288,
         pretrain_embed_dim=384, target_embed_dim=384, disc_hidden=512,
