@@ -116,6 +116,15 @@ class GASConfig:
     # < 1: GAS's normal term averages only this fraction of normal patches, those with the
     # largest loss (rare normal patches the discriminator still calls anomalous); 1: all
     normal_hard_fraction: float = 1.0
+    # > 0: both GAS terms weigh each training patch (and the synthetic patch made from it) by
+    # its rarity ** this exponent: its distance to the nearest patch of other training images,
+    # over the median (gas.patch_rarity). A discriminator otherwise learns what is frequent:
+    # where the part fills a small share of the frame (bracket_white: ~6 %), the part's own
+    # normal patches and the anomalies around them are a small share of every batch, while a
+    # memory bank counts every patch once. 0: every patch alike (every profile). Issue 9's
+    # fifteenth round (1.0, four seeds): bracket_white's stains +0.038 on validation, but
+    # metal_plate's -0.011 and the brick crops' -0.016 (docs/experiments.md)
+    rarity_weight: float = 0.0
     variant: str = "manifold"
     hypersphere_quantile: float = 0.75
     # LAS (image-space anomalies, las.py): "gas" alone, "las" alone, or both ("gas+las", GLASS)
@@ -217,6 +226,12 @@ class GASConfig:
         if not 0 <= self.las_shade_fraction <= 1:
             raise ValueError(f"config.las_shade_fraction={self.las_shade_fraction}: expected "
                              "0 <= value <= 1")
+        if not self.rarity_weight >= 0:
+            raise ValueError(f"config.rarity_weight={self.rarity_weight}: expected 0 (off) or a "
+                             "positive exponent")
+        if self.rarity_weight > 0 and self.gas_patch_fraction < 1:
+            raise ValueError("config.rarity_weight > 0 weighs every anchor: it needs "
+                             f"gas_patch_fraction=1 (got {self.gas_patch_fraction})")
         if not self.focal_gamma >= 0:
             raise ValueError(f"config.focal_gamma={self.focal_gamma}: expected a value >= 0")
         fractions = ("normal_hard_fraction", "gas_patch_fraction", "las_hard_fraction",

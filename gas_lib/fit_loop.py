@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from .checkpoint import CHECKPOINT_NAME, FitState, resume_training, save_training
 from .gas import (Shell, feature_scale, gas_losses, hypersphere_shell, manifold_shell,
-                  position_centres, project_to_shell, share_of_anchors, synthesize)
+                  patch_rarity, position_centres, project_to_shell, share_of_anchors, synthesize)
 from .las import LASPool, build_las_pool, focal_loss, pool_sampler
 from .model import Adaptor, Discriminator
 from .progress import log, progress
@@ -110,6 +110,10 @@ def train(detector: GASDetector, features: torch.Tensor, *,
     train_feats, val_feats = features[train_idx], features[val_idx]  # [N_t, P, D], [N_v, P, D]
     if "relative" in (cfg.radius_scale, cfg.step_scale):
         detector.feature_scale = feature_scale(train_feats, cfg.seed)
+    detector.patch_weights = None
+    if cfg.rarity_weight > 0:
+        with head_autocast(detector):
+            detector.patch_weights = patch_rarity(train_feats, cfg.seed) ** cfg.rarity_weight
     train_pool = val_pool = None
     epochs = progress(range(start_epoch, cfg.epochs + 1), "GAS epochs", total=cfg.epochs,
                       initial=start_epoch - 1, enabled=show and start_epoch <= cfg.epochs,
@@ -283,7 +287,8 @@ def run_epoch(detector: GASDetector, batch_features: Callable[[torch.Tensor], to
                                        units=detector.step_units(normal.shape[-1]))
                 loss_normal, loss_anomaly = gas_losses(
                     discriminator, normal, synthetic, hidden,
-                    normal_hard_fraction=cfg.normal_hard_fraction)
+                    normal_hard_fraction=cfg.normal_hard_fraction,
+                    weights=batch_weights(detector, idx))
         loss = loss_normal + loss_anomaly
         if las_batch is not None:
             las_features, las_labels = las_batch(idx)  # [B, P, D], [B, P]
@@ -303,6 +308,15 @@ def run_epoch(detector: GASDetector, batch_features: Callable[[torch.Tensor], to
     row = {k: v / batches for k, v in sums.items()}
     row["loss_total"] = row["loss_normal"] + row["loss_anomaly"] + row.get("loss_las", 0.0)
     return row
+
+
+def batch_weights(detector: GASDetector, idx: torch.Tensor) -> torch.Tensor | None:
+    """The patch weights [B * P] of the training images ``idx`` (``rarity_weight``), or None
+    (off, or a bare ``run_epoch`` call outside a fit)."""
+    weights = detector.patch_weights
+    if weights is None:
+        return None
+    return weights[idx].flatten().to(detector.device)
 
 
 def las_loss(detector: GASDetector, features: torch.Tensor, labels: torch.Tensor,

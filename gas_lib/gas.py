@@ -116,9 +116,13 @@ def synthesize(discriminator: Discriminator, anchors: torch.Tensor, shell: Shell
 
 def gas_losses(discriminator: Discriminator, normal: torch.Tensor, synthetic: torch.Tensor,
                normal_hidden: torch.Tensor | None = None, *,
-               normal_hard_fraction: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+               normal_hard_fraction: float = 1.0, weights: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
     """``BCE(D(t), 0)`` and ``BCE(D(g), 1)``, from one discriminator pass over both sets
     (``normal_hidden``: ``first_layer(normal)`` with its graph, when already computed).
+
+    ``weights`` [N] (``rarity_weight``): each normal patch and the synthetic patch made from
+    it (row for row: every normal patch is an anchor) count in proportion, normalised to mean 1.
 
     ``normal_hard_fraction`` < 1: the normal term averages only that fraction of the normal
     patches with the largest loss, the rare ones the discriminator still calls anomalous (e.g.
@@ -128,12 +132,15 @@ def gas_losses(discriminator: Discriminator, normal: torch.Tensor, synthetic: to
     n = normal.shape[0]
     per_normal = F.binary_cross_entropy_with_logits(logits[:n], torch.zeros_like(logits[:n]),
                                                     reduction="none")
+    per_anomaly = F.binary_cross_entropy_with_logits(logits[n:], torch.ones_like(logits[n:]),
+                                                     reduction="none")
+    if weights is not None:
+        weights = weights / weights.mean()
+        per_normal, per_anomaly = per_normal * weights, per_anomaly * weights
     k = max(1, math.ceil(normal_hard_fraction * n))
     if k < n:
         per_normal = per_normal.topk(k).values
-    loss_normal = per_normal.mean()
-    loss_anomaly = F.binary_cross_entropy_with_logits(logits[n:], torch.ones_like(logits[n:]))
-    return loss_normal, loss_anomaly
+    return per_normal.mean(), per_anomaly.mean()
 
 
 def position_centres(features: torch.Tensor, quantile: float = 0.75
@@ -172,3 +179,32 @@ def feature_scale(features: torch.Tensor, seed: int = 0, n_query: int = 1024,
     bank = bank[torch.randperm(bank.shape[0], generator=gen)[:bank_size].to(features.device)]
     nearest = torch.cdist(query.float(), bank.float()).min(dim=1).values
     return float(nearest.median())
+
+
+def patch_rarity(features: torch.Tensor, seed: int = 0, bank_size: int = 4096) -> torch.Tensor:
+    """How rare each training patch is, [N, P] on the CPU: its distance to the nearest of
+    ``bank_size`` patches of the *other* half of the images (seeded halves, as
+    ``feature_scale``), divided by the median over all patches. ``features``: [N, P, D], N >= 2.
+
+    1 is a typical patch; the hanger or a part's edges score above it. The distances come from
+    one product per image (bf16 under the caller's autocast: ~2^-8 relative, far below the
+    spread of the ratios); the cost grows with N, ~50 ms per 288 px image on one thread of
+    the 2-core development CPU (~4.5 s for 88 images), so it is not flat in the training-set
+    size as the rest of a fit is.
+    """
+    n, p, d = features.shape
+    if n < 2:
+        raise ValueError(f"patch_rarity needs at least 2 training images, got {n}")
+    gen = torch.Generator().manual_seed(int(seed))
+    order = torch.randperm(n, generator=gen)
+    halves = (order[: n // 2], order[n // 2:])
+    rarity = torch.empty(n, p)
+    for mine, other in (halves, halves[::-1]):
+        bank = features[other.to(features.device)].reshape(-1, d).float()
+        bank = bank[torch.randperm(bank.shape[0], generator=gen)[:bank_size].to(bank.device)]
+        bank_sq = (bank ** 2).sum(-1)  # [M]
+        for i in mine.tolist():
+            query = features[i].float()  # [P, D]
+            nearest_sq = (bank_sq[None] - 2 * (query @ bank.T)).min(dim=1).values
+            rarity[i] = (nearest_sq + (query ** 2).sum(-1)).clamp_min(0).sqrt().cpu()
+    return rarity / rarity.median().clamp_min(_EPS)

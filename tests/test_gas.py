@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from gas_lib.backbone import FeatureExtractor
 from gas_lib.config import GASConfig
 from gas_lib.gas import (Shell, feature_scale, gas_losses, hypersphere_shell, manifold_shell,
-                         position_centres, project_to_shell, share_of_anchors, synthesize)
+                         patch_rarity, position_centres, project_to_shell, share_of_anchors, synthesize)
 from gas_lib.model import Adaptor, Discriminator
 
 
@@ -106,6 +106,39 @@ def test_hard_normal_fraction_averages_the_worst_normal_patches():
     assert loss_a.item() == pytest.approx(gas_losses(disc, normal, synthetic)[1].item())
     with pytest.raises(ValueError, match="normal_hard_fraction"):
         GASConfig.preset("cpu", normal_hard_fraction=0.0)
+
+
+def test_rarity_weights_scale_each_normal_patch_and_its_synthetic_patch():
+    """rarity_weight: row i of the normal and of the synthetic set both count w_i / mean(w)."""
+    torch.manual_seed(0)
+    disc = Discriminator(8, 16).eval()
+    normal, synthetic = torch.randn(6, 8), torch.randn(6, 8) + 3
+    weights = torch.tensor([1.0, 1.0, 1.0, 1.0, 2.0, 6.0])
+    loss_n, loss_a = gas_losses(disc, normal, synthetic, weights=weights)
+    w = weights / weights.mean()
+    assert loss_n.item() == pytest.approx((-torch.log(1 - disc(normal)) * w).mean().item(), rel=1e-5)
+    assert loss_a.item() == pytest.approx((-torch.log(disc(synthetic)) * w).mean().item(), rel=1e-5)
+    plain = gas_losses(disc, normal, synthetic, weights=torch.full((6,), 3.0))  # uniform: none
+    assert plain[0].item() == pytest.approx(gas_losses(disc, normal, synthetic)[0].item(), rel=1e-6)
+    with pytest.raises(ValueError, match="gas_patch_fraction"):
+        GASConfig.preset("cpu", rarity_weight=1.0, gas_patch_fraction=0.5)
+
+
+def test_patch_rarity_singles_out_a_patch_no_other_image_has():
+    """A patch planted in one image only (real backbone features of a bright square) is far
+    rarer than a typical one; the median is 1 and scaling the features changes nothing."""
+    extractor = FeatureExtractor("efficientnet_lite0", pretrain_embed_dim=64, target_embed_dim=64)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(6, 3, 64, 64, generator=gen) * 0.1 + 0.4
+    images[0, :, 24:40, 24:40] = 1.0
+    with torch.no_grad():
+        features = extractor(images)  # [6, 64, 64]
+    rarity = patch_rarity(features, seed=0)
+    assert rarity.shape == features.shape[:2]
+    assert rarity.median().item() == pytest.approx(1.0, abs=1e-6)
+    grid = rarity[0].view(8, 8)
+    assert grid[3:5, 3:5].min() > 2 * rarity[1:].max()  # the square's patches stand out
+    assert torch.allclose(patch_rarity(4.0 * features, seed=0), rarity, rtol=1e-4, atol=1e-4)
 
 
 def test_ascent_scores_synthetic_patches_in_one_batchnorm_batch_with_the_normal_ones():
@@ -241,6 +274,24 @@ def test_a_fit_with_half_the_anchors_trains_and_differs_from_the_full_one():
         assert history.shape == (2, 2) and (history > 0).all() and np.isfinite(history).all()
         histories[fraction] = history
     assert not (histories[1.0] == histories[0.5]).all()  # the option reaches the training loop
+
+
+def test_a_fit_with_rarity_weights_measures_them_and_trains_differently():
+    from conftest import tiny_config
+    from gas_lib.train import GASDetector
+
+    images = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    images[0, :, 20:44, 20:44] = 1.0  # one image with something the others lack
+    histories = {}
+    for exponent in (0.0, 1.0):
+        detector = GASDetector(tiny_config(epochs=2, rarity_weight=exponent))
+        detector.fit(images, progress=False)
+        histories[exponent] = detector.history[["loss_normal", "loss_anomaly"]].to_numpy()
+        assert np.isfinite(histories[exponent]).all()
+    weights = detector.patch_weights  # [8, P] of the last (weighted) fit
+    assert weights is not None and weights.shape[0] == 8
+    assert weights[0].max() > weights[1:].median()
+    assert not (histories[0.0] == histories[1.0]).all()
 
 
 def test_folded_discriminator_is_batchnorm_with_the_joint_batch_statistics_fixed():
