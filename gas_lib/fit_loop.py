@@ -113,7 +113,10 @@ def train(detector: GASDetector, features: torch.Tensor, *,
     detector.patch_weights = None
     if cfg.rarity_weight > 0:
         with head_autocast(detector):
-            detector.patch_weights = patch_rarity(train_feats, cfg.seed) ** cfg.rarity_weight
+            rarity = patch_rarity(train_feats, cfg.seed)
+        if cfg.rarity_cap > 0:
+            rarity = rarity.clamp(max=cfg.rarity_cap)
+        detector.patch_weights = rarity ** cfg.rarity_weight
     train_pool = val_pool = None
     epochs = progress(range(start_epoch, cfg.epochs + 1), "GAS epochs", total=cfg.epochs,
                       initial=start_epoch - 1, enabled=show and start_epoch <= cfg.epochs,

@@ -292,6 +292,13 @@ def test_a_fit_with_rarity_weights_measures_them_and_trains_differently():
     assert weights is not None and weights.shape[0] == 8
     assert weights[0].max() > weights[1:].median()
     assert not (histories[0.0] == histories[1.0]).all()
+    capped = GASDetector(tiny_config(epochs=1, rarity_weight=1.0, rarity_cap=1.2))
+    capped.fit(images, progress=False)
+    assert capped.patch_weights is not None
+    assert capped.patch_weights.max().item() == pytest.approx(1.2)  # the planted square is cut
+    assert torch.equal(capped.patch_weights, weights.clamp(max=1.2))
+    with pytest.raises(ValueError, match="rarity_cap"):
+        GASConfig.preset("cpu", rarity_cap=0.5)
 
 
 def test_folded_discriminator_is_batchnorm_with_the_joint_batch_statistics_fixed():
