@@ -125,8 +125,9 @@ class GASConfig:
     # fifteenth round (1.0, four seeds): bracket_white's stains +0.038 on validation, but
     # metal_plate's -0.011 and the brick crops' -0.016 (docs/experiments.md)
     rarity_weight: float = 0.0
-    # > 0: rarities above this are cut to it before the exponent (the rarest 1 % of patches are
-    # 3-5x the median: the hanger, specks of dust, which should not dominate the loss); 0: no cap
+    # > 0: rarities above this are cut to it before the exponent, so the rarest patches (1 % are
+    # 3-5x the median) cannot dominate the loss; 0: no cap (every profile). At 2 the gain on
+    # bracket_white's stains was gone on fresh seeds (fifteenth round): those patches carry it
     rarity_cap: float = 0.0
     variant: str = "manifold"
     hypersphere_quantile: float = 0.75
