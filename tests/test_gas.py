@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from gas_lib.backbone import FeatureExtractor
 from gas_lib.config import GASConfig
 from gas_lib.gas import (Shell, feature_scale, gas_losses, hypersphere_shell, manifold_shell,
-                         patch_rarity, position_centres, project_to_shell, share_of_anchors, synthesize)
+                         patch_rarity, position_centres, project_to_shell, share_of_anchors,
+                         synthesize)
 from gas_lib.model import Adaptor, Discriminator
 
 
@@ -116,8 +117,10 @@ def test_rarity_weights_scale_each_normal_patch_and_its_synthetic_patch():
     weights = torch.tensor([1.0, 1.0, 1.0, 1.0, 2.0, 6.0])
     loss_n, loss_a = gas_losses(disc, normal, synthetic, weights=weights)
     w = weights / weights.mean()
-    assert loss_n.item() == pytest.approx((-torch.log(1 - disc(normal)) * w).mean().item(), rel=1e-5)
-    assert loss_a.item() == pytest.approx((-torch.log(disc(synthetic)) * w).mean().item(), rel=1e-5)
+    expected_n = (-torch.log(1 - disc(normal)) * w).mean()
+    expected_a = (-torch.log(disc(synthetic)) * w).mean()
+    assert loss_n.item() == pytest.approx(expected_n.item(), rel=1e-5)
+    assert loss_a.item() == pytest.approx(expected_a.item(), rel=1e-5)
     plain = gas_losses(disc, normal, synthetic, weights=torch.full((6,), 3.0))  # uniform: none
     assert plain[0].item() == pytest.approx(gas_losses(disc, normal, synthetic)[0].item(), rel=1e-6)
     with pytest.raises(ValueError, match="gas_patch_fraction"):
