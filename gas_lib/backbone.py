@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import GASConfig
+from .config import GASConfig, native_bf16
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -225,13 +225,15 @@ _MEMORY_CACHE: "OrderedDict[str, torch.Tensor]" = OrderedDict()
 _MEMORY_CACHE_SIZE = 4
 
 
-def feature_cache_key(extractor: FeatureExtractor, images: torch.Tensor) -> str:
-    """Backbone, embedding, sizes and the exact image content: equal keys, equal features."""
+def feature_cache_key(extractor: FeatureExtractor, images: torch.Tensor,
+                      bf16: bool = False) -> str:
+    """Backbone, embedding, sizes, precision and the exact image content: equal keys, equal
+    features (``bf16``: the backbone ran under bf16 autocast)."""
     import hashlib
 
     digest = hashlib.sha1()
     identity = (extractor.backbone, extractor.embedding, extractor.pretrain_embed_dim,
-                extractor.target_embed_dim, tuple(images.shape))
+                extractor.target_embed_dim, tuple(images.shape)) + (("bf16",) if bf16 else ())
     digest.update(repr(identity).encode())
     digest.update(images.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return digest.hexdigest()[:24]
@@ -251,7 +253,7 @@ def compute_features(extractor: FeatureExtractor, images: torch.Tensor, device: 
     for start in show_progress(starts, "backbone features", enabled=progress, unit="batch"):
         batch = images[start:start + batch_size].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16,
-                            enabled=amp and device.type == "cuda"):
+                            enabled=amp and native_bf16(device)):
             chunks.append(extractor(batch).to(storage))
     return torch.cat(chunks)
 
@@ -266,7 +268,7 @@ def embed_images(extractor: FeatureExtractor, images: torch.Tensor, device: torc
     """
     from pathlib import Path
 
-    key = feature_cache_key(extractor, images)
+    key = feature_cache_key(extractor, images, amp and native_bf16(device))
     storage = torch.float16 if device.type == "cuda" else torch.float32
     if key in _MEMORY_CACHE:
         _MEMORY_CACHE.move_to_end(key)

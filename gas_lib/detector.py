@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .backbone import FeatureExtractor, embed_images
 from .checkpoint import CheckpointError, atomic_torch_save, read_state
-from .config import GASConfig, resolve_device
+from .config import GASConfig, native_bf16, resolve_device
 from .data import Sample, load_images
 from .progress import progress as show_progress
 
@@ -112,7 +112,7 @@ class PatchDetector:
     def embed(self, images: ImagesLike, progress: bool = True) -> torch.Tensor:
         """Cached backbone patch features [N, P, D] on the detector's device."""
         return embed_images(self.extractor, self.read_images(images, progress), self.device,
-                            batch_size=max(self.config.batch_size, 8), amp=self.config.amp,
+                            batch_size=max(self.config.batch_size, 8), amp=self.config.backbone_amp,
                             cache_dir=self.config.feature_cache_dir, progress=progress)
 
     # --- scoring -------------------------------------------------------------------------
@@ -141,8 +141,10 @@ class PatchDetector:
                                    unit="batch"):
             batch = self.read_images(images[start:start + batch_size]).to(self.device)
             with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                                 enabled=self.config.amp and self.device.type == "cuda"):
+                                                 enabled=self.config.backbone_amp and native_bf16(self.device)):
                 feats = self.extractor(batch)
+            if self.device.type == "cpu":  # as the cached training features (compute_features)
+                feats = feats.float()
             yield self.score_features(feats)
 
     def score(self, images: ImagesLike, batch_size: int | None = None, progress: bool = False

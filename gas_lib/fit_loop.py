@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import CHECKPOINT_NAME, FitState, resume_training, save_training
+from .config import native_bf16
 from .gas import (Shell, feature_scale, gas_losses, hypersphere_shell, manifold_shell,
                   patch_rarity, position_centres, project_to_shell, share_of_anchors, synthesize)
 from .las import LASPool, build_las_pool, focal_loss, pool_sampler
@@ -391,11 +392,8 @@ def head_autocast(detector: GASDetector) -> torch.autocast:
     slower, so it is off there.
     """
     device = detector.device
-    native = device.type == "cuda" or (
-        device.type == "cpu" and bool(getattr(torch.cpu, "_is_avx512_bf16_supported",
-                                              lambda: False)()))
     return torch.autocast(device.type, dtype=torch.bfloat16,
-                          enabled=detector.config.amp and native)
+                          enabled=detector.config.amp and native_bf16(device))
 
 
 def adapt(detector: GASDetector, adaptor: Adaptor, patches: torch.Tensor) -> torch.Tensor:

@@ -558,7 +558,7 @@ def build_las_pool(detector_or_extractor: Any, images: torch.Tensor, config: GAS
                                                 config.las_foreground, config.las_opacity,
                                                 config.las_shade_fraction)
         feats.append(compute_features(extractor, las_images, device, batch_size=batch,
-                                      amp=config.amp, progress=False))
+                                      amp=config.backbone_amp, progress=False))
         labels.append(patch_labels(las_masks, grid))
         masks.append(las_masks)
     source = torch.tensor(chosen, dtype=torch.long).repeat_interleave(config.las_variants)

@@ -7,6 +7,7 @@ from skimage import data as skdata
 from gas_lib import backbone
 from gas_lib.backbone import (BackboneUnavailable, FeatureExtractor, efficientnet_lite0_classifier,
                               embed_images)
+from gas_lib.config import native_bf16
 
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
@@ -81,6 +82,26 @@ def test_feature_cache_in_memory_and_on_disk(tmp_path):
                          progress=False)
     assert len(list(tmp_path.glob("features_*.pt"))) == 2
     assert not torch.equal(first, other)
+
+
+def test_amp_features_follow_the_device_precision_and_cache_apart(tmp_path):
+    """Where bf16 is native (CUDA, AVX-512 BF16 CPUs) ``amp`` runs the backbone in bf16: close
+    to float32 on a real photo, stored as float32 on the CPU, cached under its own key;
+    elsewhere ``amp`` changes nothing."""
+    extractor = FeatureExtractor("efficientnet_lite0")
+    photo = _photo(skdata.chelsea())
+    cpu = torch.device("cpu")
+    backbone.clear_feature_cache()
+    exact = embed_images(extractor, photo, cpu, amp=False, cache_dir=str(tmp_path),
+                         progress=False)
+    fast = embed_images(extractor, photo, cpu, amp=True, cache_dir=str(tmp_path), progress=False)
+    assert fast.dtype == exact.dtype == torch.float32
+    if native_bf16(cpu):
+        relative = ((fast - exact).norm(dim=-1) / exact.norm(dim=-1)).mean().item()
+        assert 0 < relative < 0.06
+        assert len(list(tmp_path.glob("features_*.pt"))) == 2
+    else:
+        assert torch.equal(fast, exact)
 
 
 def _reference_order_embedding(maps, pretrain_dim, target_dim):

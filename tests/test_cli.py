@@ -3,8 +3,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from gas_lib.__main__ import _config, _parser, main
+from gas_lib.config import METHOD_VERSION, native_bf16
 
 
 def test_train_writes_metrics_plots_and_checkpoint(synthetic_root, tmp_path, capsys):
@@ -20,6 +22,9 @@ def test_train_writes_metrics_plots_and_checkpoint(synthetic_root, tmp_path, cap
     assert metrics["selection"] == "last" and "honest" in metrics["selection_label"]
     assert metrics["method"] == "gas"  # the default; --method knn: tests/test_knn.py
     assert metrics["config"]["image_size"] == 64 and metrics["environment"]["torch"]
+    assert metrics["method_version"] == METHOD_VERSION
+    native = native_bf16(torch.device("cpu"))  # amp and backbone_bf16 on, as in the profile
+    assert metrics["bf16_backbone"] == metrics["bf16_training"] == native
     for name in ("training_curves_plate.png", "roc_curve_plate.png", "best_model_plate.pth",
                  "history.csv", "per_defect.csv", "anomaly_maps_plate.png"):
         assert (out / name).stat().st_size > 0, name

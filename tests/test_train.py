@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gas_lib.backbone import clear_feature_cache
-from gas_lib.config import METHOD_VERSION
+from gas_lib.config import METHOD_VERSION, native_bf16
 from gas_lib.data import load_split
 from gas_lib.evaluate import evaluate
 from gas_lib.model import WeightAverage
@@ -255,3 +255,21 @@ def test_an_epoch_budget_trains_on_that_many_images_in_full_batches(synthetic_ro
     assert seen == [4, 2] and all(math.isfinite(v) for v in row.values())
     detector.fit_features(features, progress=False)
     assert np.isfinite(detector.history["loss_total"]).all()
+
+
+def test_backbone_bf16_off_gives_the_float32_features_and_scores():
+    """``backbone_bf16=False`` keeps the backbone in float32 (version 8's features) while the
+    heads' training products stay in bf16; the default differs from it only where bf16 is
+    native, and training and scoring see features of the same precision."""
+    images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    clear_feature_cache()
+    exact = GASDetector(tiny_config(amp=False)).embed(images, progress=False)
+    float32 = GASDetector(tiny_config(backbone_bf16=False))
+    assert torch.equal(float32.embed(images, progress=False), exact)
+    default = GASDetector(tiny_config())
+    features = default.embed(images, progress=False)
+    assert features.dtype == torch.float32
+    assert torch.equal(features, exact) != native_bf16(torch.device("cpu"))
+    default.fit(images, progress=False)
+    scored = default.score(images)[0]
+    assert torch.allclose(scored, default.score_features(features)[0], atol=1e-4)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import GASConfig
+from ..config import METHOD_VERSION, GASConfig, native_bf16
 from ..data import config_for_data, load_split
 from ..detector import PatchDetector
 from ..evaluate import Predictions, evaluate, make_test_tracker
@@ -193,6 +193,9 @@ def metrics_record(detector: PatchDetector, metrics: dict[str, Any], *, category
         "las_pool_size": len(las_pool) if las_pool is not None else None,
         "bank_size": int(bank.shape[0]) if bank is not None else None,
         "config": config.to_dict(), "environment": environment_info(),
+        "method_version": METHOD_VERSION,
+        "bf16_backbone": bool(config.backbone_amp and native_bf16(detector.device)),
+        "bf16_training": bool(config.amp and native_bf16(detector.device)),  # heads' products
         "model_path": Path(model_file).name if model_file else None,
     }
 

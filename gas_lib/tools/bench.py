@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import GASConfig, resolve_device
+from ..config import GASConfig, native_bf16, resolve_device
 from ..data import load_split
 from ..las import build_las_pool, make_las_images, patch_labels, pool_sampler, texture_source
 from ..study.report import environment_info, write_json
@@ -97,7 +97,7 @@ def run_benchmark(config: GASConfig, n_images: int = 32, data_root: str | None =
         detector.choose_variant(images)
     extractor = detector.extractor
     images_dev = images.to(device)
-    amp = config.amp and device.type == "cuda"
+    amp = config.backbone_amp and native_bf16(device)
 
     def extract_all() -> torch.Tensor:
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -172,7 +172,7 @@ def _las_rows(detector: GASDetector, config: GASConfig, images: torch.Tensor, fi
     detector.config = las_config
     device = detector.device
     n_images = images.shape[0]
-    amp = config.amp and device.type == "cuda"
+    amp = config.backbone_amp and native_bf16(device)
     try:
         pool = build_las_pool(detector, images, las_config, progress=False)
         textures = texture_source(las_config, images)
