@@ -242,8 +242,10 @@ def feature_cache_key(extractor: FeatureExtractor, images: torch.Tensor,
 def compute_features(extractor: FeatureExtractor, images: torch.Tensor, device: torch.device,
                      batch_size: int = 16, amp: bool = True, progress: bool = True
                      ) -> torch.Tensor:
-    """Patch features [N, P, D] of ``images`` in batches, no caching (e.g. LAS images, made
-    once per fit). Stored as float16 on CUDA, float32 on the CPU."""
+    """Patch features [N, P, D] of ``images`` in batches, no caching (LAS images, made once
+    per fit; test images while scoring). The backbone runs under bf16 autocast with ``amp``
+    where bf16 is native; the features are stored as float16 on CUDA, float32 on the CPU, so
+    training and scoring see them at the same precision."""
     from .progress import progress as show_progress
 
     storage = torch.float16 if device.type == "cuda" else torch.float32

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .backbone import FeatureExtractor, embed_images
+from .backbone import FeatureExtractor, compute_features, embed_images
 from .checkpoint import CheckpointError, atomic_torch_save, read_state
-from .config import GASConfig, native_bf16, resolve_device
+from .config import GASConfig, resolve_device
 from .data import Sample, load_images
 from .progress import progress as show_progress
 
@@ -139,12 +139,10 @@ class PatchDetector:
         n = len(images)
         for start in show_progress(range(0, n, batch_size), "scoring", enabled=progress,
                                    unit="batch"):
-            batch = self.read_images(images[start:start + batch_size]).to(self.device)
-            with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                                 enabled=self.config.backbone_amp and native_bf16(self.device)):
-                feats = self.extractor(batch)
-            if self.device.type == "cpu":  # as the cached training features (compute_features)
-                feats = feats.float()
+            batch = self.read_images(images[start:start + batch_size])
+            with torch.no_grad():
+                feats = compute_features(self.extractor, batch, self.device, batch.shape[0],
+                                         self.config.backbone_amp, progress=False)
             yield self.score_features(feats)
 
     def score(self, images: ImagesLike, batch_size: int | None = None, progress: bool = False
