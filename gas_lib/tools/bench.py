@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import GASConfig, native_bf16, resolve_device
+from ..backbone import compute_features
+from ..config import GASConfig, resolve_device
 from ..data import load_split
 from ..las import build_las_pool, make_las_images, patch_labels, pool_sampler, texture_source
 from ..study.report import environment_info, write_json
@@ -97,12 +98,10 @@ def run_benchmark(config: GASConfig, n_images: int = 32, data_root: str | None =
         detector.choose_variant(images)
     extractor = detector.extractor
     images_dev = images.to(device)
-    amp = config.backbone_amp and native_bf16(device)
 
     def extract_all() -> torch.Tensor:
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            return torch.cat([extractor(images_dev[i:i + config.batch_size])
-                              for i in range(0, n_images, config.batch_size)])
+        return compute_features(extractor, images_dev, device, config.batch_size,
+                                config.backbone_amp, progress=False)
 
     feature_s = _timed(extract_all, device, repeats)
     features = extract_all().float()
@@ -113,13 +112,13 @@ def run_benchmark(config: GASConfig, n_images: int = 32, data_root: str | None =
     dev_gen = torch.Generator(device=device).manual_seed(0)
 
     def recompute(idx: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            return extractor(images_dev[idx.to(device)]).float()
+        return compute_features(extractor, images_dev[idx.to(device)], device, len(idx),
+                                config.backbone_amp, progress=False)
 
     def read_and_recompute(idx: torch.Tensor) -> torch.Tensor:
-        batch = detector.read_images([files[i] for i in idx.tolist()]).to(device)
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            return extractor(batch).float()
+        batch = detector.read_images([files[i] for i in idx.tolist()])
+        return compute_features(extractor, batch, device, len(idx), config.backbone_amp,
+                                progress=False)
 
     def epoch(source: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], Any]:
         return lambda: detector.run_epoch(source, n_images, opt_a, opt_d, cpu_gen, dev_gen,
@@ -172,7 +171,6 @@ def _las_rows(detector: GASDetector, config: GASConfig, images: torch.Tensor, fi
     detector.config = las_config
     device = detector.device
     n_images = images.shape[0]
-    amp = config.backbone_amp and native_bf16(device)
     try:
         pool = build_las_pool(detector, images, las_config, progress=False)
         textures = texture_source(las_config, images)
@@ -193,8 +191,8 @@ def _las_rows(detector: GASDetector, config: GASConfig, images: torch.Tensor, fi
         def recompute_both(idx: torch.Tensor) -> torch.Tensor:
             rows = torch.randint(las_images.shape[0], (len(idx),), generator=rows_gen).to(device)
             both = torch.cat([images_dev[idx.to(device)], las_images[rows]])
-            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                feats = detector.extractor(both).float()
+            feats = compute_features(detector.extractor, both, device, both.shape[0],
+                                     config.backbone_amp, progress=False)
             pending["las"] = (feats[len(idx):], las_labels[rows])
             return feats[:len(idx)]
 
@@ -203,9 +201,9 @@ def _las_rows(detector: GASDetector, config: GASConfig, images: torch.Tensor, fi
             las_images, masks = make_las_images(batch, 1, textures, rng, idx.tolist(),
                                                 las_config.las_foreground,
                                                 las_config.las_opacity)
-            both = torch.cat([batch, las_images]).to(device)
-            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                feats = detector.extractor(both).float()
+            both = torch.cat([batch, las_images])
+            feats = compute_features(detector.extractor, both, device, both.shape[0],
+                                     config.backbone_amp, progress=False)
             pending["las"] = (feats[len(idx):], patch_labels(masks, grid).to(device))
             return feats[:len(idx)]
 
