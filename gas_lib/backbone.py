@@ -99,6 +99,13 @@ class _WideResNetMaps(nn.Module):
         return [mid, self.layer3(mid)]
 
 
+def last_block_needed(net: nn.Module) -> int:
+    """Index of the last block of a timm EfficientNet feature network that feeds a returned
+    map (``feature_info`` names them ``blocks.<i>``)."""
+    names = net.feature_info.module_name()
+    return max(int(name.split(".")[1]) for name in names if name.startswith("blocks."))
+
+
 class _EfficientNetLite0Maps(nn.Module):
     """timm ``tf_efficientnet_lite0`` stages at stride 8 (40 ch) and 16 (112 ch)."""
 
@@ -115,6 +122,9 @@ class _EfficientNetLite0Maps(nn.Module):
                                                         strict=False)
             if missing:
                 raise BackboneUnavailable(f"EfficientNet-Lite0 weights lack {missing[:3]}...")
+        # timm's feature network runs every block, the stride-32 ones too; nothing after the
+        # last returned stage can change the maps, so drop it (the same maps, 1.1-1.2x faster)
+        self.net.blocks = self.net.blocks[:last_block_needed(self.net) + 1]
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         return list(self.net(images * 2.0 - 1.0))

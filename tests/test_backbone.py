@@ -67,6 +67,24 @@ def test_efficientnet_features_are_stride_8_and_16():
     assert torch.equal(extractor(images), features)
 
 
+def test_efficientnet_stops_after_the_last_returned_stage():
+    """The stride-32 blocks are dropped: fewer blocks, and the maps of a real photo equal
+    those of timm's whole feature network with the same weights, bit for bit."""
+    import timm
+
+    extractor = FeatureExtractor("efficientnet_lite0")
+    full = timm.create_model("tf_efficientnet_lite0", pretrained=False, features_only=True,
+                             out_indices=(2, 3))
+    full.load_state_dict(backbone._efficientnet_lite0_state_dict(), strict=False)
+    full.eval().to(memory_format=torch.channels_last)  # as the extractor runs
+    assert len(extractor.maps.net.blocks) == 5 < len(full.blocks) == 7
+    photo = _photo(skdata.astronaut())
+    with torch.no_grad():
+        ours = extractor.feature_maps(photo)
+        theirs = full(photo.contiguous(memory_format=torch.channels_last) * 2 - 1)
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+
+
 def test_feature_cache_in_memory_and_on_disk(tmp_path):
     extractor = FeatureExtractor("efficientnet_lite0", pretrain_embed_dim=32, target_embed_dim=32)
     images = torch.rand(3, 3, 64, 64)
