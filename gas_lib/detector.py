@@ -140,9 +140,8 @@ class PatchDetector:
         for start in show_progress(range(0, n, batch_size), "scoring", enabled=progress,
                                    unit="batch"):
             batch = self.read_images(images[start:start + batch_size])
-            with torch.no_grad():
-                feats = compute_features(self.extractor, batch, self.device, batch.shape[0],
-                                         self.config.backbone_amp, progress=False)
+            feats = compute_features(self.extractor, batch, self.device, batch.shape[0],
+                                     self.config.backbone_amp, progress=False)  # no_grad inside
             yield self.score_features(feats)
 
     def score(self, images: ImagesLike, batch_size: int | None = None, progress: bool = False
