@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from .checkpoint import CHECKPOINT_NAME, FitState, resume_training, save_training
 from .config import native_bf16
 from .gas import (Shell, feature_scale, gas_losses, hypersphere_shell, manifold_shell,
-                  patch_rarity, position_centres, project_to_shell, share_of_anchors, synthesize)
+                  patch_rarity, position_centres, project_to_shell, rarity_exponent,
+                  share_of_anchors, synthesize)
 from .las import LASPool, build_las_pool, focal_loss, pool_sampler
 from .model import Adaptor, Discriminator
 from .progress import log, progress
@@ -111,13 +112,15 @@ def train(detector: GASDetector, features: torch.Tensor, *,
     train_feats, val_feats = features[train_idx], features[val_idx]  # [N_t, P, D], [N_v, P, D]
     if "relative" in (cfg.radius_scale, cfg.step_scale):
         detector.feature_scale = feature_scale(train_feats, cfg.seed)
-    detector.patch_weights = None
+    detector.patch_weights, detector.rarity_exponent = None, None
     if cfg.rarity_weight > 0:
         with head_autocast(detector):
             rarity = patch_rarity(train_feats, cfg.seed)
+        exponent = rarity_exponent(rarity, cfg.rarity_weight, cfg.rarity_flat, cfg.rarity_full)
         if cfg.rarity_cap > 0:
             rarity = rarity.clamp(max=cfg.rarity_cap)
-        detector.patch_weights = rarity ** cfg.rarity_weight
+        detector.rarity_exponent = exponent
+        detector.patch_weights = rarity ** exponent if exponent > 0 else None
     train_pool = val_pool = None
     epochs = progress(range(start_epoch, cfg.epochs + 1), "GAS epochs", total=cfg.epochs,
                       initial=start_epoch - 1, enabled=show and start_epoch <= cfg.epochs,

@@ -182,6 +182,23 @@ def feature_scale(features: torch.Tensor, seed: int = 0, n_query: int = 1024,
     return float(nearest.median())
 
 
+def rarity_exponent(rarity: torch.Tensor, weight: float, flat: float = 0.0,
+                    full: float = 0.0) -> float:
+    """The exponent the rarities [N, P] (median 1, ``patch_rarity``) are raised to: ``weight``,
+    or with a ramp (``flat`` < ``full``, both > 0) ``weight`` times where their 99th percentile
+    lies between ``flat`` (0) and ``full`` (1). Weighting by rarity moves the discriminator's
+    attention to rare structure; on a surface whose patches are all about equally common it
+    only takes attention from the common texture where thin defects lie (issue 9, eighteenth
+    round), so the ramp leaves such a category unweighted."""
+    if weight <= 0 or (flat, full) == (0, 0):
+        return float(weight)
+    flat_rarity = rarity.flatten().float()
+    if flat_rarity.numel() > 1_000_000:  # torch.quantile has an input size limit
+        flat_rarity = flat_rarity[::flat_rarity.numel() // 1_000_000 + 1]
+    q99 = float(torch.quantile(flat_rarity, 0.99))
+    return float(weight) * min(1.0, max(0.0, (q99 - flat) / (full - flat)))
+
+
 def patch_rarity(features: torch.Tensor, seed: int = 0, bank_size: int = 4096) -> torch.Tensor:
     """How rare each training patch is, [N, P] on the CPU: its distance to the nearest of
     ``bank_size`` patches of the *other* half of the images (seeded halves, as

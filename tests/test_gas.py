@@ -271,7 +271,8 @@ def test_a_fit_with_half_the_anchors_trains_and_differs_from_the_full_one():
     images = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     histories = {}
     for fraction in (1.0, 0.5):
-        detector = GASDetector(tiny_config(epochs=2, gas_patch_fraction=fraction))
+        detector = GASDetector(tiny_config(epochs=2, gas_patch_fraction=fraction,
+                                           rarity_weight=0.0))  # rarity needs every anchor
         detector.fit(images, progress=False)
         history = detector.history[["loss_normal", "loss_anomaly"]].to_numpy()
         assert history.shape == (2, 2) and (history > 0).all() and np.isfinite(history).all()
@@ -287,7 +288,8 @@ def test_a_fit_with_rarity_weights_measures_them_and_trains_differently():
     images[0, :, 20:44, 20:44] = 1.0  # one image with something the others lack
     histories = {}
     for exponent in (0.0, 1.0):
-        detector = GASDetector(tiny_config(epochs=2, rarity_weight=exponent))
+        detector = GASDetector(tiny_config(epochs=2, rarity_weight=exponent, rarity_flat=0.0,
+                                           rarity_full=0.0))  # the exponent as given
         detector.fit(images, progress=False)
         histories[exponent] = detector.history[["loss_normal", "loss_anomaly"]].to_numpy()
         assert np.isfinite(histories[exponent]).all()
@@ -295,7 +297,8 @@ def test_a_fit_with_rarity_weights_measures_them_and_trains_differently():
     assert weights is not None and weights.shape[0] == 8
     assert weights[0].max() > weights[1:].median()
     assert not (histories[0.0] == histories[1.0]).all()
-    capped = GASDetector(tiny_config(epochs=1, rarity_weight=1.0, rarity_cap=1.2))
+    capped = GASDetector(tiny_config(epochs=1, rarity_weight=1.0, rarity_cap=1.2,
+                                     rarity_flat=0.0, rarity_full=0.0))
     capped.fit(images, progress=False)
     assert capped.patch_weights is not None
     assert capped.patch_weights.max().item() == pytest.approx(1.2)  # the planted square is cut
@@ -355,3 +358,40 @@ def test_frozen_ascent_climbs_the_loss_within_the_shell_and_matches_the_batch_on
     eval_batch = synthesize(disc, anchors, shell, config.replace(ascent_norm="batch"),
                             torch.Generator().manual_seed(0))
     assert torch.allclose(eval_frozen, eval_batch, atol=1e-4)
+
+
+def test_the_rarity_exponent_follows_the_spread_of_the_rarity(tmp_path):
+    """A uniform texture stays unweighted, rare structure gets the whole exponent, in between
+    the ramp is linear in the rarities' 99th percentile; a fit records what it used."""
+    from conftest import tiny_config
+    from gas_lib.gas import rarity_exponent
+    from gas_lib.train import GASDetector
+
+    gen = torch.Generator().manual_seed(0)
+    texture = torch.randn(8, 64, 16, generator=gen)  # every patch about as common as the others
+    structured = texture.clone()
+    for image in range(8):  # one patch per image that no other image has: 1.6 % of the patches
+        structured[image, image] += 12 * torch.randn(16, generator=gen)
+    flat_rarity, rare_rarity = patch_rarity(texture), patch_rarity(structured)
+    assert torch.quantile(flat_rarity.flatten(), 0.99) < 1.5 < 3.0 < torch.quantile(
+        rare_rarity.flatten(), 0.99)
+    assert rarity_exponent(flat_rarity, 1.0, 1.5, 3.0) == 0.0
+    assert rarity_exponent(rare_rarity, 1.0, 1.5, 3.0) == 1.0
+    assert rarity_exponent(flat_rarity, 0.7) == 0.7  # no ramp: the exponent as given
+    halfway = torch.ones(1000)
+    halfway[-20:] = 2.25  # the 99th percentile halfway between 1.5 and 3.0
+    assert rarity_exponent(halfway, 2.0, 1.5, 3.0) == pytest.approx(1.0)
+
+    images = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    images[0, :, 20:44, 20:44] = 1.0  # one image with something the others lack
+    detector = GASDetector(tiny_config(epochs=1, rarity_weight=1.0, rarity_flat=1.5,
+                                       rarity_full=3.0))
+    detector.fit(images, progress=False)
+    exponent = detector.rarity_exponent
+    assert exponent is not None and 0.0 <= exponent <= 1.0
+    assert (detector.patch_weights is None) == (exponent == 0.0)
+    detector.save(tmp_path / "ramp.pt")
+    assert GASDetector.load(tmp_path / "ramp.pt", pretrained=False).rarity_exponent == exponent
+    for flat, full in ((1.5, 0.0), (0.5, 3.0), (3.0, 3.0)):
+        with pytest.raises(ValueError, match="rarity_flat"):
+            GASConfig.preset("cpu", rarity_flat=flat, rarity_full=full)
