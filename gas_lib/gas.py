@@ -151,11 +151,16 @@ def position_centres(features: torch.Tensor, quantile: float = 0.75
     ``r_t`` is the ``quantile`` of the normal patches' distances to their position's centre.
     """
     centres = features.mean(dim=0)
-    distances = (features - centres).norm(dim=-1).flatten().float()
-    if distances.numel() > 1_000_000:  # torch.quantile has an input size limit
-        step = distances.numel() // 1_000_000 + 1
-        distances = distances[::step]
-    return centres, float(torch.quantile(distances, quantile))
+    return centres, any_size_quantile((features - centres).norm(dim=-1), quantile)
+
+
+def any_size_quantile(values: torch.Tensor, q: float, limit: int = 1_000_000) -> float:
+    """``torch.quantile`` of ``values`` (any shape), which refuses very large inputs: above
+    ``limit`` values, of an evenly strided subsample of at most ``limit``."""
+    flat = values.flatten().float()
+    if flat.numel() > limit:
+        flat = flat[::flat.numel() // limit + 1]
+    return float(torch.quantile(flat, q))
 
 
 def feature_scale(features: torch.Tensor, seed: int = 0, n_query: int = 1024,
@@ -185,17 +190,14 @@ def feature_scale(features: torch.Tensor, seed: int = 0, n_query: int = 1024,
 def rarity_exponent(rarity: torch.Tensor, weight: float, flat: float = 0.0,
                     full: float = 0.0) -> float:
     """The exponent the rarities [N, P] (median 1, ``patch_rarity``) are raised to: ``weight``,
-    or with a ramp (``flat`` < ``full``, both > 0) ``weight`` times where their 99th percentile
+    or with a ramp (1 <= ``flat`` < ``full``) ``weight`` times where their 99th percentile
     lies between ``flat`` (0) and ``full`` (1). Weighting by rarity moves the discriminator's
     attention to rare structure; on a surface whose patches are all about equally common it
     only takes attention from the common texture where thin defects lie (issue 9, eighteenth
     round), so the ramp leaves such a category unweighted."""
     if weight <= 0 or (flat, full) == (0, 0):
         return float(weight)
-    flat_rarity = rarity.flatten().float()
-    if flat_rarity.numel() > 1_000_000:  # torch.quantile has an input size limit
-        flat_rarity = flat_rarity[::flat_rarity.numel() // 1_000_000 + 1]
-    q99 = float(torch.quantile(flat_rarity, 0.99))
+    q99 = any_size_quantile(rarity, 0.99)
     return float(weight) * min(1.0, max(0.0, (q99 - flat) / (full - flat)))
 
 
