@@ -53,7 +53,7 @@ class GASDetector(PatchDetector):
         self.history: pd.DataFrame = pd.DataFrame()
         self.selected_epoch: int | None = None
         self.feature_scale: float | None = None  # radius_scale="relative": measured at fit
-        self.patch_weights: torch.Tensor | None = None  # rarity_weight > 0: [N, P], at fit
+        self.patch_weights: torch.Tensor | None = None  # [N, P] at fit; None when the exponent is 0
         self.rarity_exponent: float | None = None  # what rarity_weight's ramp gave, at fit
         self.las_pool: LASPool | None = None  # the LAS pool the last fit trained on
         self.spectral: SpectralResult | None = None  # the spectral test (variant="auto")
