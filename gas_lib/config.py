@@ -351,7 +351,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # patches per epoch as 38 of 288 or 48 of 256, so an epoch costs the same (issue 9, eleventh
     # round, four seeds; nineteenth round, four seeds on three categories: bracket_white's stains
     # +0.071 on validation, up on every seed; no category's four-seed mean lower on the six
-    # other kinds, faint scratches or stains). 36 epochs instead of 40 pay for reading and
+    # other kinds, faint scratches or stains; bracket_white's test split, read afterwards, did
+    # not show the gain, nor did the baseline's). 36 epochs instead of 40 pay for reading and
     # scoring 1.23x the patches.
     # Patches score by the logit (no saturation at 1.0) and the image score is the mean of the
     # 10 highest patches. The discriminator learns at twice the adaptor's rate, the reference's
