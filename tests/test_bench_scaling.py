@@ -29,7 +29,7 @@ def test_run_scaling_times_every_size_and_method():
     assert frame.attrs["profile"] == "cpu" and frame.attrs["synthesis"] == "gas+las"
 
     text = format_scaling(frame)
-    assert "images_per_epoch=31" in text and "las_pool_images=48" in text  # the cpu budgets
+    assert "images_per_epoch=38" in text and "las_pool_images=48" in text  # the cpu budgets
     unbudgeted = format_scaling(run_scaling(config.replace(images_per_epoch=0, las_pool_images=0),
                                             (4,)))
     assert "images_per_epoch=all" in unbudgeted and "las_pool_images=all" in unbudgeted
