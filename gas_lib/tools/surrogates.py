@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from .synthetic import _fresh_dir
+from .synthetic import fresh_dir
 
 SEED = 20261207
 TILE_DEFECTS = ("blowhole", "crack", "break", "fray", "uneven")
@@ -39,8 +39,8 @@ def tile_surface(rng: np.random.Generator, height: int, width: int) -> np.ndarra
     y, x = np.mgrid[0:height, 0:width] / max(height, width)
     slope = rng.uniform(-0.15, 0.15, 2)
     image = 0.45 + rng.uniform(-0.05, 0.05) + slope[0] * y + slope[1] * x
-    blotches = gaussian_filter(rng.normal(0.0, 1.0, (height, width)), 12) * 12
-    return image + 0.02 * blotches / 12 * 3 + rng.normal(0.0, 0.025, (height, width))
+    blotches = gaussian_filter(rng.normal(0.0, 1.0, (height, width)), 12)
+    return image + 0.06 * blotches + rng.normal(0.0, 0.025, (height, width))
 
 
 def band_surface(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -51,8 +51,8 @@ def band_surface(rng: np.random.Generator, height: int, width: int) -> np.ndarra
     stripes = 0.04 * np.sin(2 * np.pi * np.arange(width) / rng.uniform(28, 36) + rng.uniform(0, 6.3))
     y = np.arange(height)[:, None] / height
     image = 0.5 + rng.uniform(-0.04, 0.04) + rng.uniform(-0.08, 0.08) * y + walk + stripes
-    grain = gaussian_filter(rng.normal(0.0, 1.0, (height, width)), 3) * 3
-    return image + 0.015 * grain + rng.normal(0.0, 0.02, (height, width))
+    grain = gaussian_filter(rng.normal(0.0, 1.0, (height, width)), 3)
+    return image + 0.045 * grain + rng.normal(0.0, 0.02, (height, width))
 
 
 # --- defect masks -----------------------------------------------------------------------------
@@ -168,9 +168,9 @@ def make_surrogates(root: str | Path, *, n_train: tuple[int, int] = (300, 250),
 
     tile_defects = {kind: (lambda image, kind=kind: tile_defect(rng, image, kind))
                     for kind in TILE_DEFECTS}
-    tiles = _write_category(_fresh_dir(root / "tiles"), tile, tile_defects, n_train[0], n_good,
+    tiles = _write_category(fresh_dir(root / "tiles"), tile, tile_defects, n_train[0], n_good,
                             n_per_defect[0])
-    surface = _write_category(_fresh_dir(root / "surface"), lambda: band_surface(rng, *surface_size),
+    surface = _write_category(fresh_dir(root / "surface"), lambda: band_surface(rng, *surface_size),
                               {"crack": lambda image: surface_crack(rng, image)}, n_train[1],
                               n_good, n_per_defect[1])
     return [tiles, surface]

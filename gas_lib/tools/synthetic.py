@@ -33,7 +33,7 @@ def make_synthetic_category(root: str | Path, category: str = "synthetic", *, n_
     """
     _check_args(category, n_train, n_test_good, n_test_defect, image_size, defect_types)
     rng = np.random.default_rng(seed)
-    cat = _fresh_dir(Path(root).expanduser() / category)
+    cat = fresh_dir(Path(root).expanduser() / category)
     _write_normals(cat / "train" / "good", rng, n_train, image_size)
     _write_normals(cat / "test" / "good", rng, n_test_good, image_size)
     _write_defects(cat, rng, n_test_defect, image_size, list(defect_types))
@@ -57,16 +57,17 @@ def _check_args(category: str, n_train: int, n_test_good: int, n_test_defect: in
                              "'good'")
 
 
-def _fresh_dir(cat: Path) -> Path:
-    """Replace our own earlier output, never someone else's files."""
+def fresh_dir(cat: Path) -> Path:
+    """Replace our own earlier output (this module's or ``surrogates``'), never someone else's
+    files."""
     if cat.exists():
         if (cat / MARKER).is_file():
             shutil.rmtree(cat)
         elif not cat.is_dir() or any(cat.iterdir()):
-            raise FileExistsError(f"{cat} exists and was not made by make_synthetic_category: "
-                                  "expected a new or empty folder")
+            raise FileExistsError(f"{cat} exists and was not written by gas_lib.tools (no "
+                                  f"{MARKER} file in it): expected a new or empty folder")
     cat.mkdir(parents=True, exist_ok=True)
-    (cat / MARKER).write_text("written by gas_lib.tools.synthetic.make_synthetic_category\n")
+    (cat / MARKER).write_text("written by gas_lib.tools (synthetic or surrogates)\n")
     return cat
 
 
