@@ -71,6 +71,11 @@ class GASConfig:
     # from the backbone's own feature geometry and converges in far fewer epochs
     disc_hidden: int = 1024
     adaptor_init: str = "random"
+    # 0: the reference's discriminator (Linear, BatchNorm, LeakyReLU, Linear); k > 0: both layers
+    # spectral-normalised and no BatchNorm, so its logit is k / r1 times a 1-Lipschitz function
+    # of the adapted feature (r1 in feature units): it cannot score a patch lower for being
+    # further from every normal one by a jump, and can rise by about k across the inner radius
+    disc_lipschitz: float = 0.0
     # optimisation
     epochs: int = 100
     batch_size: int = 8
@@ -141,6 +146,13 @@ class GASConfig:
     # (metal_plate 3.1, bracket_white 3.5) gets the whole exponent. 0: the exponent as given
     rarity_flat: float = 0.0
     rarity_full: float = 0.0
+    # > 0 (relative radii): the inner radius is at most this quantile of the training patches'
+    # rarities (their nearest-neighbour distances over the median), r2 shrinking in proportion.
+    # Where normal patches are all alike (a uniform texture: 99 % within 1.2-1.3 median
+    # distances), an anomaly 1.3 median distances out is already far outside them, and a shell
+    # starting at 1.5 never shows the discriminator that band; a part with rare structure
+    # (MPDD: q99 3.1-3.5) keeps r1. 0: r1 as given (the default)
+    radius_quantile: float = 0.0
     variant: str = "manifold"
     hypersphere_quantile: float = 0.75
     # LAS (image-space anomalies, las.py): "gas" alone, "las" alone, or both ("gas+las", GLASS)
@@ -227,6 +239,12 @@ class GASConfig:
         if not (math.isfinite(float(self.aspect)) and float(self.aspect) > 0):
             raise ValueError(f"config.aspect={self.aspect!r}: expected a positive number "
                              "(input width / height)")
+        if not (math.isfinite(float(self.disc_lipschitz)) and float(self.disc_lipschitz) >= 0):
+            raise ValueError(f"config.disc_lipschitz={self.disc_lipschitz!r}: expected 0 (the "
+                             "reference's BatchNorm discriminator) or a positive number")
+        if not 0 <= float(self.radius_quantile) < 1:
+            raise ValueError(f"config.radius_quantile={self.radius_quantile!r}: expected 0 (off) "
+                             "or a quantile in (0, 1)")
         if not 0 < self.r1 <= self.r2:
             raise ValueError(f"config.r1={self.r1}, r2={self.r2}: expected 0 < r1 <= r2")
         if not 0 < self.val_fraction < 1:

@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import CHECKPOINT_NAME, FitState, resume_training, save_training
-from .config import native_bf16
-from .gas import (Shell, feature_scale, gas_losses, hypersphere_shell, manifold_shell,
-                  patch_rarity, position_centres, project_to_shell, rarity_exponent,
+from .config import GASConfig, native_bf16
+from .gas import (Shell, any_size_quantile, feature_scale, gas_losses, hypersphere_shell,
+                  manifold_shell, patch_rarity, position_centres, project_to_shell, rarity_exponent,
                   share_of_anchors, synthesize)
 from .las import LASPool, build_las_pool, focal_loss, pool_sampler
 from .model import Adaptor, Discriminator
@@ -113,9 +113,16 @@ def train(detector: GASDetector, features: torch.Tensor, *,
     if "relative" in (cfg.radius_scale, cfg.step_scale):
         detector.feature_scale = feature_scale(train_feats, cfg.seed)
     detector.patch_weights, detector.rarity_exponent = None, None
-    if cfg.rarity_weight > 0:
+    detector.radius_factor = 1.0
+    if cfg.rarity_weight > 0 or cfg.radius_quantile > 0:
         with head_autocast(detector):
             rarity = patch_rarity(train_feats, cfg.seed)
+        detector.radius_factor = shell_factor(rarity, cfg)
+        if detector.radius_factor < 1.0:
+            log(f"shell radii {cfg.r1 * detector.radius_factor:.2f}-"
+                f"{cfg.r2 * detector.radius_factor:.2f} median patch distances (radius_quantile "
+                f"{cfg.radius_quantile}: the training patches are alike)")
+    if cfg.rarity_weight > 0:
         exponent = rarity_exponent(rarity, cfg.rarity_weight, cfg.rarity_flat, cfg.rarity_full)
         if cfg.rarity_cap > 0:
             rarity = rarity.clamp(max=cfg.rarity_cap)
@@ -263,6 +270,7 @@ def run_epoch(detector: GASDetector, batch_features: Callable[[torch.Tensor], to
         reference = batch_features(torch.arange(n_images))  # [N, P, D]
     if relative and detector.feature_scale is None:  # called outside a
         detector.feature_scale = feature_scale(reference, cfg.seed)  # fit (bench): measure once
+    set_logit_scale(detector)
     if detector.variant == "hypersphere":
         update_centres(detector, reference)
     adaptor.train()
@@ -315,6 +323,29 @@ def run_epoch(detector: GASDetector, batch_features: Callable[[torch.Tensor], to
     row = {k: v / batches for k, v in sums.items()}
     row["loss_total"] = row["loss_normal"] + row["loss_anomaly"] + row.get("loss_las", 0.0)
     return row
+
+
+def shell_factor(rarity: torch.Tensor, config: GASConfig) -> float:
+    """What relative radii are multiplied by (``radius_quantile``): 1, or less where the
+    training patches' rarities [N, P] reach their ``radius_quantile`` below ``r1``."""
+    if config.radius_quantile <= 0 or config.radius_scale != "relative":
+        return 1.0
+    return min(1.0, any_size_quantile(rarity, config.radius_quantile) / config.r1)
+
+
+def set_logit_scale(detector: GASDetector) -> None:
+    """``disc_lipschitz = k > 0``: the discriminators' logit scale (the live one and its weight
+    average) becomes ``k / r1`` in feature units, so that the same ``k`` lets the logit rise by
+    about as much across the inner radius on features of any scale; a no-op otherwise."""
+    k = detector.config.disc_lipschitz
+    if k <= 0:
+        return
+    value = k / (detector.config.r1 * detector.radius_unit)
+    heads = [detector.discriminator]
+    if detector._average is not None:
+        heads.append(detector._average.modules[1])
+    for head in heads:
+        head.scale.fill_(value)
 
 
 def batch_weights(detector: GASDetector, idx: torch.Tensor) -> torch.Tensor | None:

@@ -146,8 +146,61 @@ class FoldedDiscriminator:
         return (d_hidden @ self.weight.to(d_hidden.dtype)).float()
 
 
+class LipschitzDiscriminator(Discriminator):
+    """A patch MLP whose logit is ``scale * f(x) + offset`` with ``f`` 1-Lipschitz.
+
+    Both linear layers are spectral-normalised (``torch.nn.utils.parametrizations``) and there
+    is no BatchNorm, whose per-unit division would undo the bound. The BatchNorm discriminator
+    only ever sees normal patches and synthetic ones within the shell, and far outside it its
+    logit can fall (a stronger anomaly scoring lower); this one changes at most ``scale`` per
+    unit of feature distance, smoothly in every direction. ``scale`` is a buffer set once the
+    feature scale is known (``fit_loop.set_logit_scale``); batch context changes nothing, so the
+    ascent and the losses score each patch on its own.
+    """
+
+    def __init__(self, dim: int, hidden: int = 1024) -> None:
+        nn.Module.__init__(self)
+        spectral_norm = nn.utils.parametrizations.spectral_norm
+        self.body = nn.Sequential(spectral_norm(nn.Linear(dim, hidden)), nn.LeakyReLU(0.2),
+                                  spectral_norm(nn.Linear(hidden, 1, bias=False)))
+        self.register_buffer("scale", torch.ones(()))
+        self.offset = nn.Parameter(torch.zeros(()))
+
+    def _logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        activation, last = self.body[1], self.body[2]
+        return self.scale * last(activation(hidden)).squeeze(-1) + self.offset
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        return self._logits_from_hidden(self.first_layer(features))
+
+    def joint_logits(self, trained: torch.Tensor, fixed: torch.Tensor,
+                     trained_hidden: torch.Tensor | None = None) -> torch.Tensor:
+        if trained_hidden is None:
+            trained_hidden = self.first_layer(trained)
+        return self._logits_from_hidden(torch.cat([trained_hidden,
+                                                   self.first_layer(fixed.detach())]))
+
+    def logits_in_context(self, features: torch.Tensor, context: torch.Tensor | None
+                          ) -> torch.Tensor:
+        return self.logits(features)
+
+    @torch.no_grad()
+    def folded(self, context: torch.Tensor | None, features: torch.Tensor) -> FoldedDiscriminator:
+        """The same network for ``ascent_norm="frozen"`` (nothing to fold), less ``offset``:
+        it scales each patch's loss gradient by a positive factor, which the ascent's per-patch
+        normalisation removes."""
+        first, activation, last = self.body
+        return FoldedDiscriminator(weight=first.weight.float(), bias=first.bias.float(),
+                                   out=(self.scale * last.weight[0]).float(),
+                                   slope=float(activation.negative_slope))
+
+
 def build_heads(dim: int, config: GASConfig) -> tuple[Adaptor, Discriminator]:
-    return Adaptor(dim, config.adaptor_init), Discriminator(dim, config.disc_hidden)
+    """The adaptor and the discriminator ``config.disc_lipschitz`` asks for."""
+    adaptor = Adaptor(dim, config.adaptor_init)  # first: the random draws of every version
+    discriminator = (LipschitzDiscriminator(dim, config.disc_hidden) if config.disc_lipschitz > 0
+                     else Discriminator(dim, config.disc_hidden))
+    return adaptor, discriminator
 
 
 def build_optimizers(adaptor: Adaptor, discriminator: Discriminator, config: GASConfig

@@ -54,6 +54,7 @@ class GASDetector(PatchDetector):
         self.selected_epoch: int | None = None
         self.feature_scale: float | None = None  # radius_scale="relative": measured at fit
         self.patch_weights: torch.Tensor | None = None  # [N, P] at fit; None when the exponent is 0
+        self.radius_factor = 1.0  # relative radii x this (radius_quantile), set at fit
         self.rarity_exponent: float | None = None  # what rarity_weight's ramp gave, at fit
         self.las_pool: LASPool | None = None  # the LAS pool the last fit trained on
         self.spectral: SpectralResult | None = None  # the spectral test (variant="auto")
@@ -76,7 +77,7 @@ class GASDetector(PatchDetector):
             return 1.0
         if self.feature_scale is None:
             raise RuntimeError("radius_scale='relative' needs the feature scale: fit first")
-        return self.feature_scale
+        return self.feature_scale * self.radius_factor
 
     def step_units(self, dim: int) -> tuple[float, float]:
         """(noise unit per feature, step unit) that ``noise_std`` and ``eta`` are multiplied

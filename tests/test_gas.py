@@ -395,3 +395,88 @@ def test_the_rarity_exponent_follows_the_spread_of_the_rarity(tmp_path):
     for flat, full in ((1.5, 0.0), (0.5, 3.0), (3.0, 3.0)):
         with pytest.raises(ValueError, match="rarity_flat"):
             GASConfig.preset("cpu", rarity_flat=flat, rarity_full=full)
+
+
+def test_lipschitz_discriminator_is_bounded_by_its_scale_and_folds_exactly():
+    """disc_lipschitz > 0: the logit moves at most ``scale`` per unit of feature distance after
+    real training steps, the folded form (ascent) is the network itself, and batch context
+    changes nothing."""
+    from gas_lib.model import LipschitzDiscriminator
+
+    torch.manual_seed(0)
+    disc = LipschitzDiscriminator(8, 32).train()
+    disc.scale.fill_(3.0)
+    optimizer = torch.optim.Adam(disc.parameters(), lr=1e-2)
+    normal, anomalous = torch.randn(64, 8), torch.randn(64, 8) * 0.3 + 2.0
+    labels = torch.cat([torch.zeros(64), torch.ones(64)])
+    losses = []
+    for _ in range(60):
+        loss = F.binary_cross_entropy_with_logits(disc.joint_logits(normal, anomalous), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]  # it learns
+    disc.eval()
+    x, y = torch.randn(500, 8) * 2, torch.randn(500, 8) * 2
+    with torch.no_grad():
+        rise = (disc.logits(x) - disc.logits(y)).abs()
+    assert (rise <= 3.0 * (x - y).norm(dim=1) * (1 + 1e-3)).all()
+    assert rise.max() > 0.1 * 3.0 * (x - y).norm(dim=1).max()  # not collapsed to a constant
+    with torch.no_grad():
+        assert torch.allclose(disc.folded(None, x).logits(x) + disc.offset, disc.logits(x),
+                              atol=1e-5)
+        assert torch.equal(disc.logits_in_context(x, normal), disc.logits(x))
+    leaf = x.clone().requires_grad_(True)
+    loss = F.binary_cross_entropy_with_logits(disc.logits(leaf), torch.ones(500))
+    (expected,) = torch.autograd.grad(loss, leaf)
+    # the hand-written gradient leaves out the offset: a per-patch factor the ascent's
+    # normalisation removes, so the directions agree
+    got = disc.folded(None, x).anomaly_loss_gradient(x)
+    assert F.cosine_similarity(got, expected, dim=1).min() > 1 - 1e-4
+    with pytest.raises(ValueError, match="disc_lipschitz"):
+        GASConfig.preset("cpu", disc_lipschitz=-1.0)
+
+
+def test_a_fit_with_a_lipschitz_discriminator_sets_its_scale_and_round_trips(tmp_path):
+    from conftest import tiny_config
+    from gas_lib.train import GASDetector
+
+    images = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    detector = GASDetector(tiny_config(epochs=2, disc_lipschitz=8.0))
+    detector.fit(images, progress=False)
+    expected = 8.0 / (detector.config.r1 * detector.feature_scale)
+    scoring = detector._scoring_heads()[1]
+    assert scoring.scale.item() == pytest.approx(expected, rel=1e-5)  # the average's, too
+    assert detector.discriminator.scale.item() == pytest.approx(expected, rel=1e-5)
+    assert np.isfinite(detector.history[["loss_normal", "loss_anomaly"]].to_numpy()).all()
+    loaded = GASDetector.load(detector.save(tmp_path / "lip.pth"))
+    for a, b in zip(detector.score(images[:3]), loaded.score(images[:3])):
+        assert torch.allclose(a, b)
+
+
+def test_the_inner_radius_shrinks_to_the_rarity_quantile_where_patches_are_alike(tmp_path):
+    """radius_quantile: a uniform texture (rarities within 1.3 median distances) pulls r1 in to
+    its 99th percentile and r2 with it; rare structure (a long tail) leaves r1 as given."""
+    from conftest import tiny_config
+    from gas_lib.fit_loop import shell_factor
+    from gas_lib.train import GASDetector
+
+    config = GASConfig.preset("cpu", radius_quantile=0.99)  # r1 = 1.5
+    alike = 1.0 + 0.1 * torch.rand(50, 400, generator=torch.Generator().manual_seed(0))
+    assert shell_factor(alike, config) == pytest.approx(
+        torch.quantile(alike.flatten(), 0.99).item() / 1.5, rel=1e-4)
+    tailed = alike.clone()
+    tailed[:, :20] = 3.0  # 5 % of the patches three median distances away
+    assert shell_factor(tailed, config) == 1.0
+    assert shell_factor(alike, config.replace(radius_quantile=0.0)) == 1.0
+    with pytest.raises(ValueError, match="radius_quantile"):
+        GASConfig.preset("cpu", radius_quantile=1.5)
+
+    images = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))  # alike noise
+    detector = GASDetector(tiny_config(epochs=1, radius_quantile=0.99))
+    detector.fit(images, progress=False)
+    assert 0 < detector.radius_factor < 1
+    assert detector.radius_unit == pytest.approx(detector.feature_scale * detector.radius_factor)
+    loaded = GASDetector.load(detector.save(tmp_path / "rq.pth"))
+    assert loaded.radius_factor == detector.radius_factor

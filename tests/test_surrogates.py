@@ -3,7 +3,7 @@ import numpy as np
 from PIL import Image
 
 from gas_lib.data import load_split
-from gas_lib.tools.surrogates import TILE_DEFECTS, make_surrogates
+from gas_lib.tools.surrogates import TILE_DEFECTS, make_surrogates, surface_crack
 
 
 def test_surrogates_write_grayscale_non_square_categories_with_masks(tmp_path):
@@ -23,10 +23,25 @@ def test_surrogates_write_grayscale_non_square_categories_with_masks(tmp_path):
             assert mask.shape == (image.height, image.width) and 0 < mask.mean() < 0.5
     assert len(sizes) > 3  # every image its own size, as on the hidden tiles
 
-    cracks = [s for s in load_split(tmp_path, "surface", "test") if s.defect_type == "crack"]
-    image = Image.open(cracks[0].image_path)
-    assert image.size == (40, 96) and (np.asarray(Image.open(cracks[0].mask_path)) > 0).any()
+    surface_test = load_split(tmp_path, "surface", "test")
+    assert sorted({s.defect_type for s in surface_test}) == ["crack", "faint_crack", "good"]
+    for kind in ("crack", "faint_crack"):
+        sample = next(s for s in surface_test if s.defect_type == kind)
+        assert Image.open(sample.image_path).size == (40, 96)
+        assert (np.asarray(Image.open(sample.mask_path)) > 0).any()
 
     first = (tiles / "test" / "fray" / "000.png").read_bytes()
     make_surrogates(tmp_path, **kwargs)  # replaces its own output, byte for byte
     assert (tiles / "test" / "fray" / "000.png").read_bytes() == first
+
+
+def test_a_faint_crack_is_a_7_to_15_percent_change_a_crack_25_to_50():
+    rng = np.random.default_rng(0)
+    flat = np.full((200, 120), 0.5)
+    for faint, (low, high) in ((True, (0.07, 0.15)), (False, (0.25, 0.5))):
+        for _ in range(20):
+            image, mask = surface_crack(rng, flat, faint=faint)
+            change = np.abs(image[mask] / 0.5 - 1)
+            assert mask.any() and np.allclose(change, change[0])
+            assert low - 1e-9 <= change[0] <= high + 1e-9
+            assert (image[~mask] == 0.5).all()

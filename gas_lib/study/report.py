@@ -192,12 +192,21 @@ def metrics_record(detector: PatchDetector, metrics: dict[str, Any], *, category
         "spectral": spectral.summary() if spectral is not None else None,
         "las_pool_size": len(las_pool) if las_pool is not None else None,
         "bank_size": int(bank.shape[0]) if bank is not None else None,
+        "shell_radii": _shell_radii(detector, config) if method == "gas" else None,
+        "rarity_exponent": getattr(detector, "rarity_exponent", None),
         "config": config.to_dict(), "environment": environment_info(),
         "method_version": METHOD_VERSION,
         "bf16_backbone": bool(config.backbone_amp and native_bf16(detector.device)),
         "bf16_training": bool(config.amp and native_bf16(detector.device)),  # heads' products
         "model_path": Path(model_file).name if model_file else None,
     }
+
+
+def _shell_radii(detector: Any, config: GASConfig) -> list[float]:
+    """GAS's shell radii as the fit used them, in the config's units (relative radii: median
+    patch distances, after ``radius_quantile``)."""
+    factor = float(getattr(detector, "radius_factor", 1.0))  # 1 unless radii are relative
+    return [round(config.r1 * factor, 4), round(config.r2 * factor, 4)]
 
 
 def train_and_evaluate(data_root: str | Path, category: str, config: GASConfig,
