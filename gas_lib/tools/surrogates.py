@@ -179,8 +179,7 @@ def make_surrogates(root: str | Path, *, n_train: tuple[int, int] = (300, 250),
     surface = _write_category(fresh_dir(root / "surface"), lambda: band_surface(rng, *surface_size),
                               {"crack": lambda image: surface_crack(rng, image),
                                "faint_crack": lambda image: surface_crack(rng, image, faint=True)},
-                              n_train[1],
-                              n_good, n_per_defect[1])
+                              n_train[1], n_good, n_per_defect[1])
     return [tiles, surface]
 
 
