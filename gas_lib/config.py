@@ -184,6 +184,11 @@ class GASConfig:
     # mean of the image_score_top_k highest patch scores (1: the map maximum, the reference)
     map_sigma: float = 4.0
     image_score_top_k: int = 1
+    # True: every patch score has the mean score of the training images at its grid position
+    # subtracted (measured once after training), so a position that scores high on every normal
+    # image (the frame's border, a hanger) no longer sets the image score. False: raw scores
+    # (every profile; issue 9, twenty-first round: with disc_lipschitz a lead, not adopted)
+    position_centring: bool = False
     # what a patch scores: the discriminator's probability ("sigmoid", the reference) or its
     # logit, the same ranking of patches but without float32 saturation at 1.0, where maxima
     # of different images tie and smoothing flattens the strongest responses

@@ -55,6 +55,7 @@ class GASDetector(PatchDetector):
         self.feature_scale: float | None = None  # radius_scale="relative": measured at fit
         self.patch_weights: torch.Tensor | None = None  # [N, P] at fit; None when the exponent is 0
         self.radius_factor = 1.0  # relative radii x this (radius_quantile), set at fit
+        self.position_mean: torch.Tensor | None = None  # [P] (position_centring), set at fit
         self.rarity_exponent: float | None = None  # what rarity_weight's ramp gave, at fit
         self.las_pool: LASPool | None = None  # the LAS pool the last fit trained on
         self.spectral: SpectralResult | None = None  # the spectral test (variant="auto")
@@ -141,6 +142,9 @@ class GASDetector(PatchDetector):
         fit_loop.train(self, features, checkpoint_dir=checkpoint_dir, resume=resume,
                        epoch_callback=epoch_callback, show=progress, las_pool=las_pool,
                        las_images=las_images)
+        self.position_mean = None
+        if self.config.position_centring:
+            self.position_mean = self._mean_score_per_position(features)
         return self
 
     def init_heads(self, dim: int) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
@@ -169,6 +173,14 @@ class GASDetector(PatchDetector):
         """Selection loss on held-out features [N, P, D] (``fit_loop.held_out_loss``)."""
         return fit_loop.held_out_loss(self, features, las_pool, seed)
 
+    @torch.no_grad()
+    def _mean_score_per_position(self, features: torch.Tensor) -> torch.Tensor:
+        """The mean raw patch score [P] of the training features [N, P, D], position by position
+        (``position_centring``), in batches so memory stays bounded."""
+        batch = max(self.config.batch_size, 8)
+        total = sum(self.patch_scores(chunk).sum(0) for chunk in features.split(batch))
+        return total / features.shape[0]
+
     # --- scoring -------------------------------------------------------------------------
     @torch.no_grad()
     def patch_scores(self, features: torch.Tensor) -> torch.Tensor:
@@ -180,7 +192,14 @@ class GASDetector(PatchDetector):
             scores = discriminator.logits(adapted)
         else:
             scores = discriminator(adapted)
-        return scores.view(features.shape[0], -1)
+        scores = scores.view(features.shape[0], -1)
+        if self.position_mean is not None:
+            if self.position_mean.numel() != scores.shape[1]:
+                raise ValueError(f"position_centring: {scores.shape[1]} patches per image, the "
+                                 f"fit's images had {self.position_mean.numel()} (score images "
+                                 "of the fit's input shape)")
+            scores = scores - self.position_mean.to(scores.device)
+        return scores
 
     # --- persistence ---------------------------------------------------------------------
     def state(self) -> dict[str, Any]:

@@ -273,3 +273,21 @@ def test_backbone_bf16_off_gives_the_float32_features_and_scores():
     default.fit(images, progress=False)
     scored = default.score(images)[0]
     assert torch.allclose(scored, default.score_features(features)[0], atol=1e-4)
+
+
+def test_position_centring_subtracts_the_training_mean_at_each_position(tmp_path):
+    images = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    detector = GASDetector(tiny_config(epochs=1, position_centring=True))
+    detector.fit(images, progress=False)
+    features = detector.embed(images, progress=False)
+    centred = detector.patch_scores(features)
+    assert detector.position_mean is not None and detector.position_mean.shape == (centred.shape[1],)
+    assert centred.mean(0).abs().max() < 1e-4  # the training images average to zero everywhere
+    mean, detector.position_mean = detector.position_mean, None
+    assert torch.allclose(detector.patch_scores(features) - mean, centred, atol=1e-5)
+    detector.position_mean = mean
+    loaded = GASDetector.load(detector.save(tmp_path / "centred.pth"))
+    for a, b in zip(detector.score(images[:3]), loaded.score(images[:3])):
+        assert torch.allclose(a, b)
+    with pytest.raises(ValueError, match="position_centring"):
+        detector.patch_scores(features[:, :10])
