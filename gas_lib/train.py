@@ -139,10 +139,10 @@ class GASDetector(PatchDetector):
           ``las_images`` to rebuild the pool.
         """
         fit_loop.check_inputs(self, features, epoch_callback, las_pool, las_images)
+        self.position_mean = None  # training and its callbacks see raw scores
         fit_loop.train(self, features, checkpoint_dir=checkpoint_dir, resume=resume,
                        epoch_callback=epoch_callback, show=progress, las_pool=las_pool,
                        las_images=las_images)
-        self.position_mean = None
         if self.config.position_centring:
             self.position_mean = self._mean_score_per_position(features)
         return self
