@@ -63,7 +63,7 @@ DETECTOR_KEYS = ("config", "adaptor", "discriminator", "selected_epoch", "histor
 def detector_state(detector: GASDetector) -> dict[str, Any]:
     """What ``GASDetector.save`` writes: config, the kept heads, history, timings, centres.
     ``load_detector`` reads files without the keys added later (timings, feature_scale,
-    rarity_exponent, radius_factor, position_mean, variant_choice, spectral)."""
+    rarity_exponent, radius_factor, position_offset, variant_choice, spectral)."""
     spectral = detector.spectral
     return {"config": detector.config.to_dict(), **detector._head_state(),
             "selected_epoch": detector.selected_epoch,
@@ -72,7 +72,7 @@ def detector_state(detector: GASDetector) -> dict[str, Any]:
             "feature_scale": detector.feature_scale,
             "rarity_exponent": detector.rarity_exponent,
             "radius_factor": detector.radius_factor,
-            "position_mean": detector.position_mean,
+            "position_offset": detector.position_offset,
             "variant_choice": detector.variant_choice,
             "spectral": spectral.summary() if spectral is not None else None}
 
@@ -95,9 +95,9 @@ def load_detector(cls: type[GASDetector], path: str | Path, device: str | None =
     detector.feature_scale = state.get("feature_scale")
     detector.rarity_exponent = state.get("rarity_exponent")
     detector.radius_factor = float(state.get("radius_factor", 1.0))
-    position_mean = state.get("position_mean")
-    if position_mean is not None:
-        detector.position_mean = position_mean.to(detector.device)
+    offset = state.get("position_offset", state.get("position_mean"))  # the latter: round 21
+    if offset is not None:
+        detector.position_offset = offset.to(detector.device)
     return detector
 
 

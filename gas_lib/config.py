@@ -46,6 +46,7 @@ RADIUS_SCALES = ("absolute", "relative")
 TEXTURE_SOURCES = ("procedural", "train_images", "dtd", "folder")
 LAS_OPACITIES = ("reference", "wide")
 ASCENT_NORMS = ("batch", "frozen")
+POSITION_CENTRINGS = ("off", "mean", "excess")
 
 
 @dataclass
@@ -184,11 +185,14 @@ class GASConfig:
     # mean of the image_score_top_k highest patch scores (1: the map maximum, the reference)
     map_sigma: float = 4.0
     image_score_top_k: int = 1
-    # True: every patch score has the mean score of the training images at its grid position
-    # subtracted (measured once after training), so a position that scores high on every normal
-    # image (the frame's border, a hanger) no longer sets the image score. False: raw scores
-    # (every profile; issue 9, twenty-first round: with disc_lipschitz a lead, not adopted)
-    position_centring: bool = False
+    # what every patch score has subtracted, measured once after training from the training
+    # images' raw scores at its grid position, so that a position scoring high on every normal
+    # image (the frame's border, whose features the backbone's padding sets apart; a hanger)
+    # does not set the image score: "off" (raw scores); "mean" (the mean score there, the
+    # twenty-first round's option); "excess" (the 10th percentile there less that percentile's
+    # median over positions, where positive: only positions high on nearly every normal image
+    # are lowered, none raised; issue 9, twenty-second round). True / False read as "mean" / "off"
+    position_centring: str = "off"
     # what a patch scores: the discriminator's probability ("sigmoid", the reference) or its
     # logit, the same ranking of patches but without float32 saturation at 1.0, where maxima
     # of different images tie and smoothing flattens the strongest responses
@@ -209,6 +213,8 @@ class GASConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if isinstance(self.position_centring, bool):  # the twenty-first round's on / off
+            self.position_centring = "mean" if self.position_centring else "off"
         self.validate()
 
     def validate(self) -> None:
@@ -229,6 +235,7 @@ class GASConfig:
             "radius_scale": RADIUS_SCALES,
             "step_scale": RADIUS_SCALES,
             "ascent_norm": ASCENT_NORMS,
+            "position_centring": POSITION_CENTRINGS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -277,17 +277,41 @@ def test_backbone_bf16_off_gives_the_float32_features_and_scores():
 
 def test_position_centring_subtracts_the_training_mean_at_each_position(tmp_path):
     images = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    detector = GASDetector(tiny_config(epochs=1, position_centring=True))
+    detector = GASDetector(tiny_config(epochs=1, position_centring=True))  # True reads "mean"
+    assert detector.config.position_centring == "mean"
     detector.fit(images, progress=False)
     features = detector.embed(images, progress=False)
     centred = detector.patch_scores(features)
-    assert detector.position_mean is not None and detector.position_mean.shape == (centred.shape[1],)
+    offset = detector.position_offset
+    assert offset is not None and offset.shape == (centred.shape[1],)
     assert centred.mean(0).abs().max() < 1e-4  # the training images average to zero everywhere
-    mean, detector.position_mean = detector.position_mean, None
-    assert torch.allclose(detector.patch_scores(features) - mean, centred, atol=1e-5)
-    detector.position_mean = mean
+    detector.position_offset = None
+    assert torch.allclose(detector.patch_scores(features) - offset, centred, atol=1e-5)
+    detector.position_offset = offset
     loaded = GASDetector.load(detector.save(tmp_path / "centred.pth"))
     for a, b in zip(detector.score(images[:3]), loaded.score(images[:3])):
         assert torch.allclose(a, b)
     with pytest.raises(ValueError, match="position_centring"):
         detector.patch_scores(features[:, :10])
+
+
+def test_position_centring_excess_lowers_only_positions_high_on_nearly_every_image():
+    images = torch.rand(10, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    detector = GASDetector(tiny_config(epochs=1, position_centring="excess"))
+    detector.fit(images, progress=False)
+    features = detector.embed(images, progress=False)
+    offset = detector.position_offset
+    detector.position_offset = None
+    raw = detector.patch_scores(features)
+    level = raw.quantile(0.1, dim=0)  # what nearly every training image reaches there
+    assert torch.allclose(offset, (level - level.median()).clamp_min(0), atol=1e-5)
+    assert (offset >= 0).all() and (offset > 0).any() and (offset == 0).sum() >= offset.numel() // 2
+    # a position high on every training image is lowered by its excess, the others untouched
+    top = int(offset.argmax())
+    detector.position_offset = offset
+    lowered = detector.patch_scores(features)
+    assert torch.allclose(lowered[:, top], raw[:, top] - offset[top], atol=1e-5)
+    untouched = offset == 0
+    assert torch.equal(lowered[:, untouched], raw[:, untouched])
+    with pytest.raises(ValueError, match="position_centring"):
+        GASDetector(tiny_config(position_centring="median"))
