@@ -9,7 +9,8 @@ import torch
 
 from gas_lib.__main__ import main
 from gas_lib.data import load_images, load_split
-from gas_lib.study.tuning import (DEFECT_KINDS, compare, holdout_split, make_defects, stroke_mask)
+from gas_lib.study.tuning import (DEFECT_KINDS, KINDS_MEAN, compare, holdout_split, make_defects,
+                                  stroke_mask)
 
 from conftest import tiny_config
 
@@ -92,7 +93,12 @@ def test_compare_scores_candidates_on_identical_defects(synthetic_root):
                     {"base": {}, "again": {}, "gas only": {"synthesis": "gas"}}, images,
                     fraction=0.25, progress=False)
     assert list(table["candidate"].unique()) == ["base", "again", "gas only"]
-    assert set(table["defects"]) == {"all", *DEFECT_KINDS}
+    assert set(table["defects"]) == {"all", *DEFECT_KINDS, KINDS_MEAN}
+    for _, rows in table.groupby("candidate"):  # the last row weighs every kind alike
+        kinds = rows[rows["defects"].isin(DEFECT_KINDS)]
+        mean = rows[rows["defects"] == KINDS_MEAN]
+        for metric in ("image_auroc", "pixel_auroc", "aupro"):
+            assert mean[metric].item() == pytest.approx(kinds[metric].mean())
     metrics = ["image_auroc", "pixel_auroc", "aupro", "pixel_ap"]
     base, again = (table[table.candidate == c][metrics].to_numpy() for c in ("base", "again"))
     np.testing.assert_allclose(base, again)
@@ -121,4 +127,4 @@ def test_validate_cli_never_reads_the_test_split(synthetic_root, tmp_path, capsy
     printed = capsys.readouterr().out
     assert "strokes" in printed and "pixel_auroc" in printed
     record = json.loads(out.read_text())
-    assert record["config"]["image_size"] == 64 and len(record["rows"]) == len(DEFECT_KINDS) + 1
+    assert record["config"]["image_size"] == 64 and len(record["rows"]) == len(DEFECT_KINDS) + 2
