@@ -180,9 +180,10 @@ class GASDetector(PatchDetector):
     @torch.no_grad()
     def _position_offset(self, features: torch.Tensor) -> torch.Tensor:
         """What ``position_centring`` subtracts at each grid position [P], from the raw patch
-        scores of the training features [N, P, D] (scored in batches, memory bounded): their
-        mean ("mean"), or the excess of their ``POSITION_QUANTILE`` over its median across
-        positions ("excess", zero where not positive)."""
+        scores [N, P] of the training features [N, P, D] (scored in batches; called while
+        ``position_offset`` is None): their mean ("mean"), or the excess of their
+        ``POSITION_QUANTILE`` over its median across positions ("excess", zero where not
+        positive)."""
         batch = max(self.config.batch_size, 8)
         raw = torch.cat([self.patch_scores(chunk).float() for chunk in features.split(batch)])
         if self.config.position_centring == "mean":
