@@ -27,7 +27,13 @@ def test_presets_carry_the_reference_settings():
     assert (glass.eta, glass.n_step, glass.n_proj, glass.r1, glass.r2) == (0.001, 20, 5, 0.5, 1.0)
     assert glass.disc_optimizer == "adamw" and glass.adaptor_weight_decay == 1e-5
     assert seed.embedding == "avgpool_concat" and glass.embedding == "reference"
-    assert GASConfig.preset("cpu").backbone == "efficientnet_lite0"
+    cpu = GASConfig.preset("cpu")
+    assert cpu.backbone == "efficientnet_lite0"
+    # version 13: the Lipschitz discriminator and the excess centring; the reference profiles
+    # keep the BatchNorm discriminator and raw scores
+    assert (cpu.disc_lipschitz, cpu.position_centring) == (128.0, "excess")
+    assert (seed.disc_lipschitz, seed.position_centring) == (glass.disc_lipschitz,
+                                                             glass.position_centring) == (0.0, "off")
 
 
 @pytest.mark.parametrize("bad", [dict(variant="cube"), dict(r1=2.0, r2=1.0), dict(image_size=100),

@@ -59,7 +59,9 @@ def test_scores_and_maps(fitted, synthetic_root):
     # the reference's scoring: probabilities, and the image score is the max patch score,
     # which smoothing can only lower
     reference = copy.copy(fitted)
-    reference.config = fitted.config.replace(patch_score="sigmoid", image_score_top_k=1)
+    reference.config = fitted.config.replace(patch_score="sigmoid", image_score_top_k=1,
+                                             position_centring="off")
+    reference.position_offset = None  # measured in logits at fit time; the reference has none
     scores, maps = reference.score(test)
     assert 0 <= maps.min() and maps.max() <= 1
     assert torch.all(maps.flatten(1).max(1).values <= scores + 1e-6)
