@@ -59,7 +59,8 @@ class GASDetector(PatchDetector):
         self.feature_scale: float | None = None  # radius_scale="relative": measured at fit
         self.patch_weights: torch.Tensor | None = None  # [N, P] at fit; None when the exponent is 0
         self.radius_factor = 1.0  # relative radii x this (radius_quantile), set at fit
-        self.position_offset: torch.Tensor | None = None  # [P] (position_centring), set at fit
+        # [P] (position_centring), set at fit; subtracted while the config's mode is not "off"
+        self.position_offset: torch.Tensor | None = None
         self.rarity_exponent: float | None = None  # what rarity_weight's ramp gave, at fit
         self.las_pool: LASPool | None = None  # the LAS pool the last fit trained on
         self.spectral: SpectralResult | None = None  # the spectral test (variant="auto")
@@ -203,7 +204,7 @@ class GASDetector(PatchDetector):
         else:
             scores = discriminator(adapted)
         scores = scores.view(features.shape[0], -1)
-        if self.position_offset is not None:
+        if self.position_offset is not None and self.config.position_centring != "off":
             if self.position_offset.numel() != scores.shape[1]:
                 raise ValueError(f"position_centring: {scores.shape[1]} patches per image, the "
                                  f"fit's images had {self.position_offset.numel()} (score images "

@@ -60,8 +60,7 @@ def test_scores_and_maps(fitted, synthetic_root):
     # which smoothing can only lower
     reference = copy.copy(fitted)
     reference.config = fitted.config.replace(patch_score="sigmoid", image_score_top_k=1,
-                                             position_centring="off")
-    reference.position_offset = None  # measured in logits at fit time; the reference has none
+                                             position_centring="off")  # raw scores again
     scores, maps = reference.score(test)
     assert 0 <= maps.min() and maps.max() <= 1
     assert torch.all(maps.flatten(1).max(1).values <= scores + 1e-6)
