@@ -156,8 +156,9 @@ def metrics_record(detector: PatchDetector, metrics: dict[str, Any], *, category
                    total_seconds: float | None = None) -> dict[str, Any]:
     """The ``metrics.json`` dictionary: metrics, selection, timings, config, environment.
 
-    ``total_seconds`` defaults to features + training + evaluation (what a notebook run that
-    fits and evaluates in separate steps can add up). GAS and the nearest-neighbour baseline
+    ``total_seconds`` defaults to features + the LAS pool + training + evaluation (what a
+    notebook run that fits and evaluates in separate steps can add up; test tracking, which
+    only monitors, is left out). GAS and the nearest-neighbour baseline
     get the same keys; what does not apply to one is ``None`` (the baseline's
     ``train_seconds`` is its coreset selection, its ``selection`` is ``"none"``).
     """
@@ -173,13 +174,14 @@ def metrics_record(detector: PatchDetector, metrics: dict[str, Any], *, category
     bank = getattr(detector, "bank", None)
     train_s = timings.get("train_seconds", float("nan"))
     feature_s = timings.get("feature_seconds", float("nan"))
+    las_pool_s = timings.get("las_pool_seconds", 0.0)
     if total_seconds is None:
-        total_seconds = float(np.nansum([train_s, feature_s,
+        total_seconds = float(np.nansum([train_s, feature_s, las_pool_s,
                                          metrics.get("eval_seconds", float("nan"))]))
     return {
         "category": category, "method": method, **metrics,
         "train_seconds": train_s, "feature_seconds": feature_s,
-        "las_pool_seconds": timings.get("las_pool_seconds", 0.0),
+        "las_pool_seconds": las_pool_s,
         "tracking_seconds": timings.get("tracking_seconds"),
         "total_seconds": total_seconds,
         "selection": selection, "selection_label": selection_label,
