@@ -148,8 +148,11 @@ class GASDetector(PatchDetector):
         fit_loop.train(self, features, checkpoint_dir=checkpoint_dir, resume=resume,
                        epoch_callback=epoch_callback, show=progress, las_pool=las_pool,
                        las_images=las_images)
-        if self.config.position_centring != "off":
+        if self.config.position_centring != "off":  # one scoring pass: part of the training
+            started = time.perf_counter()
             self.position_offset = self._position_offset(features)
+            self.timings["train_seconds"] = (self.timings.get("train_seconds", 0.0)
+                                             + time.perf_counter() - started)
         return self
 
     def init_heads(self, dim: int) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
