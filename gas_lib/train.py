@@ -27,6 +27,7 @@ from .data import config_for_data
 from .detector import ImagesLike, PatchDetector
 from .fit_loop import (LAS_SEED_OFFSET, LAS_SHELL, EpochCallback, LASBatch, TrainingDiverged,
                        set_seed)
+from .gas import column_quantile
 from .las import LASPool, build_las_pool
 from .model import Adaptor, Discriminator, WeightAverage, build_heads, build_optimizers
 from .spectral import SpectralResult, spectral_decision
@@ -192,7 +193,7 @@ class GASDetector(PatchDetector):
         raw = torch.cat([self.patch_scores(chunk).float() for chunk in features.split(batch)])
         if self.config.position_centring == "mean":
             return raw.mean(0)
-        level = raw.quantile(POSITION_QUANTILE, dim=0)
+        level = column_quantile(raw, POSITION_QUANTILE)
         return (level - level.median()).clamp_min(0)
 
     # --- scoring -------------------------------------------------------------------------

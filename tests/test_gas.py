@@ -7,9 +7,9 @@ import torch.nn.functional as F
 
 from gas_lib.backbone import FeatureExtractor
 from gas_lib.config import GASConfig
-from gas_lib.gas import (Shell, feature_scale, gas_losses, hypersphere_shell, manifold_shell,
-                         patch_rarity, position_centres, project_to_shell, share_of_anchors,
-                         synthesize)
+from gas_lib.gas import (Shell, column_quantile, feature_scale, gas_losses, hypersphere_shell,
+                         manifold_shell, patch_rarity, position_centres, project_to_shell,
+                         share_of_anchors, synthesize)
 from gas_lib.model import Adaptor, Discriminator
 
 
@@ -480,3 +480,15 @@ def test_the_inner_radius_shrinks_to_the_rarity_quantile_where_patches_are_alike
     assert detector.radius_unit == pytest.approx(detector.feature_scale * detector.radius_factor)
     loaded = GASDetector.load(detector.save(tmp_path / "rq.pth"))
     assert loaded.radius_factor == detector.radius_factor
+
+
+def test_column_quantile_matches_torch_and_takes_more_than_two_to_the_24_values():
+    values = torch.randn(37, 5, generator=torch.Generator().manual_seed(0))
+    for q in (0.0, 0.1, 0.5, 0.93, 1.0):
+        torch.testing.assert_close(column_quantile(values, q), values.quantile(q, dim=0))
+    # 13,000 training images of 1,296 patches: over 2**24 values, which older torch.quantile refused
+    big = torch.arange(13_000, dtype=torch.float32)[:, None].repeat(1, 1_296)
+    big = big[torch.randperm(13_000, generator=torch.Generator().manual_seed(1))]
+    level = column_quantile(big, 0.1)
+    assert level.shape == (1_296,)
+    torch.testing.assert_close(level, torch.full((1_296,), 0.1 * 12_999))
