@@ -172,13 +172,11 @@ def column_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
         raise ValueError(f"quantile {q}: expected 0 <= q <= 1")
     values = values.float()
     position = q * (values.shape[0] - 1)
-    below = int(math.floor(position))
-    above = min(below + 1, values.shape[0] - 1)
+    below = int(math.floor(position))  # kthvalue counts from 1
     low = values.kthvalue(below + 1, dim=0).values
-    if above == below or position == below:
+    if position == below:
         return low
-    high = values.kthvalue(above + 1, dim=0).values
-    return low + (position - below) * (high - low)
+    return low + (position - below) * (values.kthvalue(below + 2, dim=0).values - low)
 
 
 def feature_scale(features: torch.Tensor, seed: int = 0, n_query: int = 1024,

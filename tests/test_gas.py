@@ -486,7 +486,7 @@ def test_column_quantile_matches_torch_and_takes_more_than_two_to_the_24_values(
     values = torch.randn(37, 5, generator=torch.Generator().manual_seed(0))
     for q in (0.0, 0.1, 0.5, 0.93, 1.0):
         torch.testing.assert_close(column_quantile(values, q), values.quantile(q, dim=0))
-    # 13,000 training images of 1,296 patches: over 2**24 values, which older torch.quantile refused
+    # 13,000 training images of 1,296 patches: over 2**24 values (older torch.quantile refused)
     big = torch.arange(13_000, dtype=torch.float32)[:, None].repeat(1, 1_296)
     big = big[torch.randperm(13_000, generator=torch.Generator().manual_seed(1))]
     level = column_quantile(big, 0.1)
