@@ -34,7 +34,7 @@ import torch
 METHOD_VERSION = 13
 
 BACKBONES = ("wide_resnet50_2", "efficientnet_lite0")
-EMBEDDINGS = ("reference", "avgpool_concat")
+EMBEDDINGS = ("reference", "reference_edge", "avgpool_concat")
 VARIANTS = ("manifold", "hypersphere")
 SELECTIONS = ("last", "validation", "oracle")
 OPTIMIZERS = ("adam", "adamw")
@@ -65,9 +65,14 @@ class GASConfig:
     # non-square images are not squashed. center_crop=True always gives the square crop.
     aspect: float = 1.0
     keep_aspect: bool = False
-    # backbone and patch embedding
+    # backbone and patch embedding; "reference_edge" is the reference's embedding with the
+    # frame's outermost 3x3 neighbourhoods completed by repeating the edge instead of zeros
     backbone: str = "wide_resnet50_2"
     embedding: str = "reference"
+    # pixels of mirrored image added on every side before the backbone and cropped off its
+    # maps (a multiple of 16; 0: none, the reference): the frame's outermost patches then see
+    # image content where the backbone's convolutions would pad zeros
+    frame_pad: int = 0
     pretrain_embed_dim: int = 1536
     target_embed_dim: int = 1536
     # model: the adaptor starts random (reference) or as the identity, so that training starts
@@ -253,6 +258,11 @@ class GASConfig:
         if not (math.isfinite(float(self.aspect)) and float(self.aspect) > 0):
             raise ValueError(f"config.aspect={self.aspect!r}: expected a positive number "
                              "(input width / height)")
+        if int(self.frame_pad) < 0 or int(self.frame_pad) % 16 or (
+                self.frame_pad and int(self.frame_pad) >= min(self.input_shape)):
+            raise ValueError(f"config.frame_pad={self.frame_pad!r}: expected 0 or a positive "
+                             "multiple of 16 (the backbone's coarsest stride) below the input's "
+                             f"shorter side ({min(self.input_shape)} px), which it mirrors")
         if not (math.isfinite(float(self.disc_lipschitz)) and float(self.disc_lipschitz) >= 0):
             raise ValueError(f"config.disc_lipschitz={self.disc_lipschitz!r}: expected 0 (the "
                              "reference's BatchNorm discriminator) or a positive number")

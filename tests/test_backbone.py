@@ -151,3 +151,42 @@ def test_embedding_pools_before_upsampling_like_the_reference(dims):
     scale = expected.abs().max()
     assert scale > 0.1
     assert torch.allclose(features[0], expected, atol=1e-5 * float(scale), rtol=0)
+
+
+def test_edge_embedding_keeps_the_frame_border_at_the_interior_scale():
+    """The reference's zero padding shrinks the outermost patches' features; ``reference_edge``
+    repeats the edge, so a uniform map gives the same vector everywhere, and on a real photo
+    the border patches keep about the interior's norm while the interior is unchanged."""
+    uniform = [torch.ones(1, 4, 6, 8), torch.ones(1, 8, 3, 4)]
+    zeros = backbone._reference_embedding(uniform, 24, 16)
+    edge = backbone._reference_embedding(uniform, 24, 16, edge="replicate")
+    assert torch.allclose(edge, edge[:1].expand_as(edge))
+    assert zeros[0].norm() < 0.7 * zeros[6 * 8 // 2 + 3].norm()  # corner vs interior
+
+    images = torch.from_numpy(skdata.astronaut()[:192, :320]).permute(2, 0, 1)[None] / 255.0
+    plain = FeatureExtractor("efficientnet_lite0", "reference", 96, 96)(images.float())
+    edged = FeatureExtractor("efficientnet_lite0", "reference_edge", 96, 96)(images.float())
+    grid = plain[0].norm(dim=-1).view(24, 40), edged[0].norm(dim=-1).view(24, 40)
+    ring = torch.ones(24, 40, dtype=torch.bool)
+    ring[3:-3, 3:-3] = False  # the stride-16 edge reaches three stride-8 cells in (bilinear)
+    interior = (~ring).nonzero(as_tuple=True)
+    assert torch.allclose(grid[0][interior], grid[1][interior], rtol=1e-5)
+    outer = torch.zeros(24, 40, dtype=torch.bool)
+    outer[0], outer[-1], outer[:, 0], outer[:, -1] = True, True, True, True
+    ratio_plain = grid[0][outer].mean() / grid[0][interior].mean()
+    ratio_edge = grid[1][outer].mean() / grid[1][interior].mean()
+    assert ratio_plain < 0.85 < ratio_edge
+
+
+def test_frame_pad_mirrors_the_frame_and_keeps_the_grid(tmp_path):
+    """``frame_pad`` changes what the backbone sees at the frame's edge: the same grid, the
+    outermost patches moved far more than the centre's, and its own cache entry."""
+    images = torch.from_numpy(skdata.astronaut()[:192, :320]).permute(2, 0, 1)[None] / 255.0
+    plain = FeatureExtractor("efficientnet_lite0", "reference", 96, 96)
+    padded = FeatureExtractor("efficientnet_lite0", "reference", 96, 96, frame_pad=16)
+    a, b = plain(images.float())[0].view(24, 40, 96), padded(images.float())[0].view(24, 40, 96)
+    change = ((a - b).norm(dim=-1) / a.norm(dim=-1)).view(24, 40)
+    ring = torch.zeros(24, 40, dtype=torch.bool)
+    ring[0], ring[-1], ring[:, 0], ring[:, -1] = True, True, True, True
+    assert change[ring].mean() > 3 * change[8:-8, 12:-12].mean()
+    assert backbone.feature_cache_key(plain, images) != backbone.feature_cache_key(padded, images)

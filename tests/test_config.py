@@ -37,7 +37,9 @@ def test_presets_carry_the_reference_settings():
 
 
 @pytest.mark.parametrize("bad", [dict(variant="cube"), dict(r1=2.0, r2=1.0), dict(image_size=100),
-                                 dict(selection="best"), dict(epochs=0)])
+                                 dict(selection="best"), dict(epochs=0), dict(frame_pad=8),
+                                 dict(frame_pad=32, image_size=32),
+                                 dict(embedding="edge")])
 def test_invalid_settings_name_the_field(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         GASConfig(**bad)
