@@ -125,6 +125,11 @@ class GASConfig:
     # < 1: each batch synthesises GAS patches from only this fraction of its normal patches
     # (drawn at random), which cuts the ascent's cost in proportion; 1: from all (reference)
     gas_patch_fraction: float = 1.0
+    # > 0: a synthetic patch counts in the anomaly term only if it lies at least this many
+    # inner radii from each of CLEARANCE_BANK random normal patches of its batch, not only from
+    # its anchor (a dense normal cluster inside another patch's shell, like the frame's outermost
+    # ring, is then not taught as anomalous); 0: off, the reference
+    gas_clearance: float = 0.0
     # how the ascent's steps see BatchNorm: "batch" (reference): every step normalises over
     # [normal; synthetic] anew and differentiates through the batch statistics; "frozen": the
     # statistics of that batch at the first step, held fixed over the steps and folded into
@@ -258,6 +263,9 @@ class GASConfig:
         if not (math.isfinite(float(self.aspect)) and float(self.aspect) > 0):
             raise ValueError(f"config.aspect={self.aspect!r}: expected a positive number "
                              "(input width / height)")
+        if not (math.isfinite(float(self.gas_clearance)) and float(self.gas_clearance) >= 0):
+            raise ValueError(f"config.gas_clearance={self.gas_clearance!r}: expected 0 (off) or "
+                             "a positive number of inner radii")
         if int(self.frame_pad) < 0 or int(self.frame_pad) % 16 or (
                 self.frame_pad and int(self.frame_pad) >= min(self.input_shape)):
             raise ValueError(f"config.frame_pad={self.frame_pad!r}: expected 0 or a positive "

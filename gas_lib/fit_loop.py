@@ -28,9 +28,9 @@ import torch.nn.functional as F
 
 from .checkpoint import CHECKPOINT_NAME, FitState, resume_training, save_training
 from .config import GASConfig, native_bf16
-from .gas import (Shell, any_size_quantile, feature_scale, gas_losses, hypersphere_shell,
-                  manifold_shell, patch_rarity, position_centres, project_to_shell, rarity_exponent,
-                  share_of_anchors, synthesize)
+from .gas import (Shell, any_size_quantile, clear_of_normal, feature_scale, gas_losses,
+                  hypersphere_shell, manifold_shell, patch_rarity, position_centres,
+                  project_to_shell, rarity_exponent, share_of_anchors, synthesize)
 from .las import LASPool, build_las_pool, focal_loss, pool_sampler
 from .model import Adaptor, Discriminator
 from .progress import log, progress
@@ -300,10 +300,12 @@ def run_epoch(detector: GASDetector, batch_features: Callable[[torch.Tensor], to
                 hidden = discriminator.first_layer(normal)  # [B * P, hidden]
                 synthetic = synthesize(discriminator, anchors, shell, cfg, dev_gen, context=hidden,
                                        units=detector.step_units(normal.shape[-1]))
+                counted = (clear_of_normal(synthetic, normal.detach(), cfg.gas_clearance * shell.r1,
+                                           dev_gen) if cfg.gas_clearance > 0 else None)
                 loss_normal, loss_anomaly = gas_losses(
                     discriminator, normal, synthetic, hidden,
                     normal_hard_fraction=cfg.normal_hard_fraction,
-                    weights=batch_weights(detector, idx))
+                    weights=batch_weights(detector, idx), counted=counted)
         loss = loss_normal + loss_anomaly
         if las_batch is not None:
             las_features, las_labels = las_batch(idx)  # [B, P, D], [B, P]

@@ -115,15 +115,34 @@ def synthesize(discriminator: Discriminator, anchors: torch.Tensor, shell: Shell
     return synthetic.detach()
 
 
+CLEARANCE_BANK = 1024
+
+
+@torch.no_grad()
+def clear_of_normal(synthetic: torch.Tensor, normal: torch.Tensor, radius: float,
+                    generator: torch.Generator | None = None, bank: int = CLEARANCE_BANK
+                    ) -> torch.Tensor:
+    """Which synthetic patches [N, D] lie at least ``radius`` from each of ``bank`` random
+    normal patches [M, D] (all of them when M <= bank): a bool mask [N]."""
+    if normal.shape[0] > bank:
+        pick = torch.randperm(normal.shape[0], generator=generator, device=normal.device)[:bank]
+        normal = normal[pick]
+    nearest = torch.cdist(synthetic.float(), normal.float()).min(dim=1).values
+    return nearest >= radius
+
+
 def gas_losses(discriminator: Discriminator, normal: torch.Tensor, synthetic: torch.Tensor,
                normal_hidden: torch.Tensor | None = None, *,
-               normal_hard_fraction: float = 1.0, weights: torch.Tensor | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+               normal_hard_fraction: float = 1.0, weights: torch.Tensor | None = None,
+               counted: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``BCE(D(t), 0)`` and ``BCE(D(g), 1)``, from one discriminator pass over both sets
     (``normal_hidden``: ``first_layer(normal)`` with its graph, when already computed).
 
     ``weights`` [N] (``rarity_weight``): each normal patch and the synthetic patch made from
     it (row for row: every normal patch is an anchor) count in proportion, normalised to mean 1.
+
+    ``counted`` [N] bool (``gas_clearance``): the synthetic patches the anomaly term averages
+    (zero when none is).
 
     ``normal_hard_fraction`` < 1: the normal term averages only that fraction of the normal
     patches with the largest loss, the rare ones the discriminator still calls anomalous (e.g.
@@ -141,6 +160,8 @@ def gas_losses(discriminator: Discriminator, normal: torch.Tensor, synthetic: to
     k = max(1, math.ceil(normal_hard_fraction * n))
     if k < n:
         per_normal = per_normal.topk(k).values
+    if counted is not None:
+        return per_normal.mean(), (per_anomaly * counted).sum() / counted.sum().clamp_min(1)
     return per_normal.mean(), per_anomaly.mean()
 
 

@@ -7,9 +7,9 @@ import torch.nn.functional as F
 
 from gas_lib.backbone import FeatureExtractor
 from gas_lib.config import GASConfig
-from gas_lib.gas import (Shell, column_quantile, feature_scale, gas_losses, hypersphere_shell,
-                         manifold_shell, patch_rarity, position_centres, project_to_shell,
-                         share_of_anchors, synthesize)
+from gas_lib.gas import (Shell, clear_of_normal, column_quantile, feature_scale, gas_losses,
+                         hypersphere_shell, manifold_shell, patch_rarity, position_centres,
+                         project_to_shell, share_of_anchors, synthesize)
 from gas_lib.model import Adaptor, Discriminator
 
 
@@ -492,3 +492,39 @@ def test_column_quantile_matches_torch_and_takes_more_than_two_to_the_24_values(
     level = column_quantile(big, 0.1)
     assert level.shape == (1_296,)
     torch.testing.assert_close(level, torch.full((1_296,), 0.1 * 12_999))
+
+
+def test_clearance_drops_synthetic_patches_that_land_on_another_normal_cluster():
+    """A dense normal cluster (like the frame's outermost ring) inside the shell of the other
+    patches: the synthetic patches that land on it are not counted as anomalies, the others are,
+    and the anomaly term averages only the counted ones."""
+    gen = torch.Generator().manual_seed(0)
+    interior = torch.randn(200, 8, generator=gen) * 0.1
+    ring = torch.randn(40, 8, generator=gen) * 0.1 + torch.tensor([2.5] + [0.0] * 7)
+    normal = torch.cat([interior, ring])
+    shell = manifold_shell(normal, GASConfig(r1=2.0, r2=3.0))
+    towards_ring = interior[:20] + torch.tensor([2.5] + [0.0] * 7)  # 2.5 away: in the shell
+    away = interior[20:40] - torch.tensor([2.5] + [0.0] * 7)
+    synthetic = project_to_shell(torch.cat([towards_ring, away]),
+                                 Shell(shell.reference[:40], shell.r1, shell.r2))
+    counted = clear_of_normal(synthetic, normal, radius=1.0, generator=gen)
+    assert not counted[:20].any() and counted[20:].all()
+    disc = Discriminator(8, 16).eval()
+    _, loss_a = gas_losses(disc, normal[:40], synthetic, counted=counted)
+    assert loss_a.item() == pytest.approx(-torch.log(disc(synthetic[20:])).mean().item(), rel=1e-5)
+    with pytest.raises(ValueError, match="gas_clearance"):
+        GASConfig.preset("cpu", gas_clearance=-1.0)
+
+
+def test_a_fit_with_clearance_trains_differently():
+    from conftest import tiny_config
+    from gas_lib.train import GASDetector
+
+    images = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    histories = {}
+    for clearance in (0.0, 1.0):
+        detector = GASDetector(tiny_config(epochs=2, gas_clearance=clearance))
+        detector.fit(images, progress=False)
+        histories[clearance] = detector.history[["loss_normal", "loss_anomaly"]].to_numpy()
+        assert np.isfinite(histories[clearance]).all()
+    assert not (histories[0.0] == histories[1.0]).all()  # the option reaches the training loop
