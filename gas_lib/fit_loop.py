@@ -300,12 +300,11 @@ def run_epoch(detector: GASDetector, batch_features: Callable[[torch.Tensor], to
                 hidden = discriminator.first_layer(normal)  # [B * P, hidden]
                 synthetic = synthesize(discriminator, anchors, shell, cfg, dev_gen, context=hidden,
                                        units=detector.step_units(normal.shape[-1]))
-                counted = (clear_of_normal(synthetic, normal.detach(), cfg.gas_clearance * shell.r1,
-                                           dev_gen) if cfg.gas_clearance > 0 else None)
                 loss_normal, loss_anomaly = gas_losses(
                     discriminator, normal, synthetic, hidden,
                     normal_hard_fraction=cfg.normal_hard_fraction,
-                    weights=batch_weights(detector, idx), counted=counted)
+                    weights=batch_weights(detector, idx),
+                    counted=clearance_mask(cfg, synthetic, normal, shell, dev_gen))
         loss = loss_normal + loss_anomaly
         if las_batch is not None:
             las_features, las_labels = las_batch(idx)  # [B, P, D], [B, P]
@@ -350,6 +349,14 @@ def set_logit_scale(detector: GASDetector) -> None:
         head.scale.fill_(value)
 
 
+def clearance_mask(cfg: GASConfig, synthetic: torch.Tensor, normal: torch.Tensor, shell: Shell,
+                   generator: torch.Generator) -> torch.Tensor | None:
+    """The synthetic patches the anomaly term counts (``gas_clearance``), or None (off)."""
+    if cfg.gas_clearance <= 0:
+        return None
+    return clear_of_normal(synthetic, normal, cfg.gas_clearance * shell.r1, generator)
+
+
 def batch_weights(detector: GASDetector, idx: torch.Tensor) -> torch.Tensor | None:
     """The patch weights [B * P] of the training images ``idx`` (``rarity_weight``), or None
     (off, or a bare ``run_epoch`` call outside a fit)."""
@@ -389,7 +396,8 @@ def las_loss(detector: GASDetector, features: torch.Tensor, labels: torch.Tensor
 def held_out_loss(detector: GASDetector, features: torch.Tensor,
                   las_pool: LASPool | None = None, seed: int = 12345) -> float:
     """GAS loss on held-out normal images [N, P, D] with fixed synthesis noise (honest
-    selection), plus the LAS focal loss over the held-out images' LAS pool entries."""
+    selection; ``gas_clearance`` counted as in training), plus the LAS focal loss over the
+    held-out images' LAS pool entries."""
     adaptor, discriminator = detector._scoring_heads()
     batch_size = detector.config.batch_size
     gen = torch.Generator(device=detector.device).manual_seed(seed)
@@ -397,13 +405,14 @@ def held_out_loss(detector: GASDetector, features: torch.Tensor,
     for start in range(0, features.shape[0], batch_size):
         batch = features[start:start + batch_size].to(torch.float32)  # [B, P, D]
         normal = adapt(detector, adaptor, batch.flatten(0, 1))
+        shell = gas_shell(detector, normal, batch.shape[0])
         with head_autocast(detector):
-            synthetic = synthesize(discriminator, normal,
-                                   gas_shell(detector, normal, batch.shape[0]), detector.config,
-                                   gen, units=detector.step_units(normal.shape[-1]))
+            synthetic = synthesize(discriminator, normal, shell, detector.config, gen,
+                                   units=detector.step_units(normal.shape[-1]))
             loss_normal, loss_anomaly = gas_losses(
                 discriminator, normal, synthetic,
-                normal_hard_fraction=detector.config.normal_hard_fraction)
+                normal_hard_fraction=detector.config.normal_hard_fraction,
+                counted=clearance_mask(detector.config, synthetic, normal, shell, gen))
         total += (loss_normal + loss_anomaly).item() * batch.shape[0]
         count += batch.shape[0]
     loss = total / count

@@ -127,7 +127,7 @@ def clear_of_normal(synthetic: torch.Tensor, normal: torch.Tensor, radius: float
     if normal.shape[0] > bank:
         pick = torch.randperm(normal.shape[0], generator=generator, device=normal.device)[:bank]
         normal = normal[pick]
-    nearest = torch.cdist(synthetic.float(), normal.float()).min(dim=1).values
+    nearest = torch.cdist(synthetic, normal).min(dim=1).values
     return nearest >= radius
 
 
