@@ -83,7 +83,7 @@ def load_detector(cls: type[GASDetector], path: str | Path, device: str | None =
     state, config = cls.read_saved(path, device, required=DETECTOR_KEYS[1:])
     detector = cls(config, pretrained=pretrained)
     dim = state["adaptor"]["linear.weight"].shape[0]
-    detector.adaptor, detector.discriminator = build_heads(dim, config)
+    detector.adaptor, detector.discriminator = build_heads(dim, config, detector.grid)
     detector._load_head_state(state)
     detector.adaptor.to(detector.device).eval()
     detector.discriminator.to(detector.device).eval()

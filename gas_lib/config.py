@@ -130,6 +130,12 @@ class GASConfig:
     # its anchor (a dense normal cluster inside another patch's shell, like the frame's outermost
     # ring, is then not taught as anomalous); 0: off, the reference
     gas_clearance: float = 0.0
+    # > 0: the adaptor also reads whether a patch lies on the grid's outermost ring or on the
+    # next one, two inputs of this many feature scales (the relative radii's unit) where true:
+    # the frame's border patches are a dense normal cluster of their own about 2.5 scales from
+    # the interior, inside the shells of interior anchors, and a learned offset per ring lets
+    # the heads place them apart; 0: off, the reference (issue 9, twenty-sixth round)
+    position_code: float = 0.0
     # how the ascent's steps see BatchNorm: "batch" (reference): every step normalises over
     # [normal; synthetic] anew and differentiates through the batch statistics; "frozen": the
     # statistics of that batch at the first step, held fixed over the steps and folded into
@@ -152,6 +158,12 @@ class GASConfig:
     # 3-5x the median) cannot dominate the loss; 0: no cap (every profile). At 2 the gain on
     # bracket_white's stains was gone on fresh seeds (fifteenth round): those patches carry it
     rarity_cap: float = 0.0
+    # > 0: both GAS terms also weigh each training patch by (median / its shell mass) ** this
+    # exponent, the ratio cut to MASS_WEIGHT_CAP (gas.shell_mass: how much of the other training
+    # images lies within about the inner radius of it). The rarity above is the nearest
+    # neighbour's distance and calls a small, tight cluster of alike patches common; the frame's
+    # outermost ring on a texture is one (issue 9, twenty-sixth round). 0: off (every profile)
+    mass_weight: float = 0.0
     # > 0 (both): the exponent follows the spread of the fit's rarities, q99 = their 99th
     # percentile (the median is 1): rarity_weight * clamp((q99 - rarity_flat) / (rarity_full -
     # rarity_flat), 0, 1) (gas.rarity_exponent). A texture whose patches are all about as common
@@ -266,6 +278,9 @@ class GASConfig:
         if not (math.isfinite(float(self.gas_clearance)) and float(self.gas_clearance) >= 0):
             raise ValueError(f"config.gas_clearance={self.gas_clearance!r}: expected 0 (off) or "
                              "a positive number of inner radii")
+        if not (math.isfinite(float(self.position_code)) and float(self.position_code) >= 0):
+            raise ValueError(f"config.position_code={self.position_code!r}: expected 0 (off) or "
+                             "a positive number of feature scales")
         if int(self.frame_pad) < 0 or int(self.frame_pad) % 16 or (
                 self.frame_pad and int(self.frame_pad) >= min(self.input_shape)):
             raise ValueError(f"config.frame_pad={self.frame_pad!r}: expected 0 or a positive "
@@ -295,6 +310,9 @@ class GASConfig:
         if not 0 <= self.las_shade_fraction <= 1:
             raise ValueError(f"config.las_shade_fraction={self.las_shade_fraction}: expected "
                              "0 <= value <= 1")
+        if not (math.isfinite(float(self.mass_weight)) and float(self.mass_weight) >= 0):
+            raise ValueError(f"config.mass_weight={self.mass_weight!r}: expected 0 (off) or a "
+                             "positive exponent")
         if not self.rarity_weight >= 0:
             raise ValueError(f"config.rarity_weight={self.rarity_weight}: expected 0 (off) or a "
                              "positive exponent")
@@ -306,10 +324,11 @@ class GASConfig:
             raise ValueError(f"config.rarity_flat={self.rarity_flat}, rarity_full="
                              f"{self.rarity_full}: expected both 0 (no ramp) or 1 <= rarity_flat "
                              "< rarity_full (99th percentiles of the rarity, whose median is 1)")
-        if self.rarity_weight > 0 and self.gas_patch_fraction < 1:
-            raise ValueError("config.rarity_weight > 0 weighs every anchor: it needs "
-                             f"gas_patch_fraction=1 (got {self.gas_patch_fraction}), or set "
-                             "rarity_weight=0")
+        for name in ("rarity_weight", "mass_weight"):
+            if getattr(self, name) > 0 and self.gas_patch_fraction < 1:
+                raise ValueError(f"config.{name} > 0 weighs every anchor: it needs "
+                                 f"gas_patch_fraction=1 (got {self.gas_patch_fraction}), or set "
+                                 f"{name}=0")
         if not self.focal_gamma >= 0:
             raise ValueError(f"config.focal_gamma={self.focal_gamma}: expected a value >= 0")
         fractions = ("normal_hard_fraction", "gas_patch_fraction", "las_hard_fraction",

@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from .checkpoint import CHECKPOINT_NAME, FitState, resume_training, save_training
 from .config import GASConfig, native_bf16
 from .gas import (Shell, any_size_quantile, clear_of_normal, feature_scale, gas_losses,
-                  hypersphere_shell, manifold_shell, patch_rarity, position_centres,
-                  project_to_shell, rarity_exponent, share_of_anchors, synthesize)
+                  hypersphere_shell, manifold_shell, mass_weights, patch_rarity,
+                  position_centres, project_to_shell, rarity_exponent, share_of_anchors,
+                  shell_mass, synthesize)
 from .las import LASPool, build_las_pool, focal_loss, pool_sampler
 from .model import Adaptor, Discriminator
 from .progress import log, progress
@@ -42,6 +43,9 @@ EpochCallback = Callable[["GASDetector", int], dict[str, float]]
 LASBatch = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 LAS_SHELL = (2.0, 4.0)  # hypersphere: LAS anomalous patches go to [2 r_t, 4 r_t] around c
 LAS_SEED_OFFSET = 2  # the LAS sampling generator is seed + 2: GAS's generators stay untouched
+# mass_weight: the most a thinly covered patch weighs against the median one (before the
+# exponent): about the surface surrogate's ring against its interior (3x the weight measured)
+MASS_WEIGHT_CAP = 4.0
 
 
 class TrainingDiverged(RuntimeError):
@@ -110,8 +114,9 @@ def train(detector: GASDetector, features: torch.Tensor, *,
                 f"all {cfg.epochs} epochs already trained (checkpoint {ckpt_path})")
 
     train_feats, val_feats = features[train_idx], features[val_idx]  # [N_t, P, D], [N_v, P, D]
-    if "relative" in (cfg.radius_scale, cfg.step_scale):
+    if "relative" in (cfg.radius_scale, cfg.step_scale) or cfg.position_code > 0:
         detector.feature_scale = feature_scale(train_feats, cfg.seed)
+    set_position_code(detector)
     detector.patch_weights, detector.rarity_exponent = None, None
     detector.radius_factor = 1.0
     if cfg.rarity_weight > 0 or cfg.radius_quantile > 0:
@@ -128,6 +133,12 @@ def train(detector: GASDetector, features: torch.Tensor, *,
             rarity = rarity.clamp(max=cfg.rarity_cap)
         detector.rarity_exponent = exponent
         detector.patch_weights = rarity ** exponent if exponent > 0 else None
+    if cfg.mass_weight > 0:
+        with head_autocast(detector):
+            mass = shell_mass(train_feats, cfg.r1 * detector.radius_unit, cfg.seed)
+        weights = mass_weights(mass, cfg.mass_weight, MASS_WEIGHT_CAP)
+        detector.patch_weights = (weights if detector.patch_weights is None
+                                  else detector.patch_weights * weights)
     train_pool = val_pool = None
     epochs = progress(range(start_epoch, cfg.epochs + 1), "GAS epochs", total=cfg.epochs,
                       initial=start_epoch - 1, enabled=show and start_epoch <= cfg.epochs,
@@ -265,11 +276,12 @@ def run_epoch(detector: GASDetector, batch_features: Callable[[torch.Tensor], to
     if detector.uses_las and las_batch is None:
         raise ValueError(f"synthesis={cfg.synthesis!r}: run_epoch needs las_batch")
     relative = "relative" in (cfg.radius_scale, cfg.step_scale)
-    if reference is None and (detector.variant == "hypersphere" or (
-            relative and detector.feature_scale is None)):
+    measure = (relative or cfg.position_code > 0) and detector.feature_scale is None
+    if reference is None and (detector.variant == "hypersphere" or measure):
         reference = batch_features(torch.arange(n_images))  # [N, P, D]
-    if relative and detector.feature_scale is None:  # called outside a
-        detector.feature_scale = feature_scale(reference, cfg.seed)  # fit (bench): measure once
+    if measure:  # called outside a fit (bench): measure once
+        detector.feature_scale = feature_scale(reference, cfg.seed)
+        set_position_code(detector)
     set_logit_scale(detector)
     if detector.variant == "hypersphere":
         update_centres(detector, reference)
@@ -332,6 +344,20 @@ def shell_factor(rarity: torch.Tensor, config: GASConfig) -> float:
     if config.radius_quantile <= 0 or config.radius_scale != "relative":
         return 1.0
     return min(1.0, any_size_quantile(rarity, config.radius_quantile) / config.r1)
+
+
+def set_position_code(detector: GASDetector) -> None:
+    """``position_code > 0``: the adaptors' ring inputs (the live one and its weight average)
+    become ``position_code`` feature scales where true; a no-op otherwise."""
+    if detector.config.position_code <= 0:
+        return
+    assert detector.feature_scale is not None and detector.adaptor is not None
+    length = detector.config.position_code * detector.feature_scale
+    heads = [detector.adaptor]
+    if detector._average is not None:
+        heads.append(detector._average.modules[0])
+    for head in heads:
+        head.set_code_length(length)
 
 
 def set_logit_scale(detector: GASDetector) -> None:

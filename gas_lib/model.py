@@ -14,19 +14,54 @@ from torch import nn
 from .config import GASConfig
 
 
-class Adaptor(nn.Module):
-    """One ``Linear(D, D)``, no activation: moves ImageNet features towards the target domain."""
+def ring_indicators(grid: tuple[int, int], rings: int = 2) -> torch.Tensor:
+    """[h * w, rings] of 0 / 1: whether a grid position lies on the frame's outermost ring of
+    patches (column 0), on the next one inside it (column 1), ... (row-major positions)."""
+    h, w = (int(v) for v in grid)
+    rows = torch.arange(h)[:, None].expand(h, w)
+    cols = torch.arange(w)[None, :].expand(h, w)
+    ring = torch.minimum(torch.minimum(rows, cols), torch.minimum(h - 1 - rows, w - 1 - cols))
+    return torch.stack([(ring == r).float() for r in range(rings)], dim=-1).reshape(h * w, rings)
 
-    def __init__(self, dim: int, init: str = "random") -> None:
+
+class Adaptor(nn.Module):
+    """One ``Linear(D, D)``, no activation: moves ImageNet features towards the target domain.
+
+    With ``grid`` (``position_code > 0``) it is ``Linear(D + 2, D)`` and also reads two inputs
+    per patch, whether it lies on the frame's outermost ring or on the next one (``codes``
+    [h * w, 2], set to the code's length by ``set_code_length`` once the feature scale is
+    measured): a learned offset per ring, so the border's normal patches can sit apart from
+    interior patches that resemble them. Rows of ``forward``'s input then come image after image,
+    each in grid order, as every caller flattens [B, P, D].
+    """
+
+    def __init__(self, dim: int, init: str = "random", grid: tuple[int, int] | None = None
+                 ) -> None:
         super().__init__()
-        self.linear = nn.Linear(dim, dim)
+        self.grid = None if grid is None else (int(grid[0]), int(grid[1]))
+        codes = None if grid is None else torch.zeros(self.grid[0] * self.grid[1], 2)
+        self.linear = nn.Linear(dim + (0 if codes is None else codes.shape[1]), dim)
+        self.register_buffer("codes", codes)
         if init == "identity":
             with torch.no_grad():
-                self.linear.weight.copy_(torch.eye(dim))
+                self.linear.weight.zero_()
+                self.linear.weight[:, :dim].copy_(torch.eye(dim))
                 self.linear.bias.zero_()
 
+    def set_code_length(self, length: float) -> None:
+        """The ring inputs become ``length`` where true (feature units), 0 elsewhere."""
+        assert self.grid is not None, "set_code_length needs an adaptor built with a grid"
+        self.codes.copy_(ring_indicators(self.grid, self.codes.shape[1]) * float(length))
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.linear(features)
+        if self.codes is None:
+            return self.linear(features)
+        positions = self.codes.shape[0]
+        if features.shape[0] % positions:
+            raise ValueError(f"position_code: {features.shape[0]} patches are not whole images of "
+                             f"{positions} grid positions (score images of the fit's input shape)")
+        codes = self.codes.to(features.dtype).repeat(features.shape[0] // positions, 1)
+        return self.linear(torch.cat([features, codes], dim=-1))
 
 
 class Discriminator(nn.Module):
@@ -195,9 +230,14 @@ class LipschitzDiscriminator(Discriminator):
                                    slope=float(activation.negative_slope))
 
 
-def build_heads(dim: int, config: GASConfig) -> tuple[Adaptor, Discriminator]:
-    """The adaptor and the discriminator ``config.disc_lipschitz`` asks for."""
-    adaptor = Adaptor(dim, config.adaptor_init)  # first: the random draws of every version
+def build_heads(dim: int, config: GASConfig, grid: tuple[int, int] | None = None
+                ) -> tuple[Adaptor, Discriminator]:
+    """The adaptor (reading the ring inputs of ``grid`` when ``config.position_code > 0``) and
+    the discriminator ``config.disc_lipschitz`` asks for."""
+    if config.position_code > 0 and grid is None:
+        raise ValueError("config.position_code > 0: build_heads needs the feature grid")
+    adaptor = Adaptor(dim, config.adaptor_init,  # first: the random draws of every version
+                      grid if config.position_code > 0 else None)
     discriminator = (LipschitzDiscriminator(dim, config.disc_hidden) if config.disc_lipschitz > 0
                      else Discriminator(dim, config.disc_hidden))
     return adaptor, discriminator

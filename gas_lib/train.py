@@ -159,7 +159,7 @@ class GASDetector(PatchDetector):
     def init_heads(self, dim: int) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
         """Fresh adaptor and discriminator on the device, with their weight average when
         ``ema_decay > 0``; returns the two optimisers."""
-        self.adaptor, self.discriminator = build_heads(dim, self.config)
+        self.adaptor, self.discriminator = build_heads(dim, self.config, self.grid)
         self.adaptor.to(self.device)
         self.discriminator.to(self.device)
         self._average = None

@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from gas_lib.backbone import FeatureExtractor
 from gas_lib.config import GASConfig
 from gas_lib.gas import (Shell, clear_of_normal, column_quantile, feature_scale, gas_losses,
-                         hypersphere_shell, manifold_shell, patch_rarity, position_centres,
-                         project_to_shell, share_of_anchors, synthesize)
+                         hypersphere_shell, manifold_shell, mass_weights, patch_rarity,
+                         position_centres, project_to_shell, share_of_anchors, shell_mass,
+                         synthesize)
 from gas_lib.model import Adaptor, Discriminator
 
 
@@ -516,15 +517,68 @@ def test_clearance_drops_synthetic_patches_that_land_on_another_normal_cluster()
         GASConfig.preset("cpu", gas_clearance=-1.0)
 
 
-def test_a_fit_with_clearance_trains_differently():
+@pytest.mark.parametrize("option", ["gas_clearance", "mass_weight"])
+def test_a_fit_with_the_option_trains_differently(option):
     from conftest import tiny_config
     from gas_lib.train import GASDetector
 
     images = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     histories = {}
-    for clearance in (0.0, 1.0):
-        detector = GASDetector(tiny_config(epochs=2, gas_clearance=clearance))
+    for value in (0.0, 1.0):
+        detector = GASDetector(tiny_config(epochs=2, **{option: value}))
         detector.fit(images, progress=False)
-        histories[clearance] = detector.history[["loss_normal", "loss_anomaly"]].to_numpy()
-        assert np.isfinite(histories[clearance]).all()
+        histories[value] = detector.history[["loss_normal", "loss_anomaly"]].to_numpy()
+        assert np.isfinite(histories[value]).all()
     assert not (histories[0.0] == histories[1.0]).all()  # the option reaches the training loop
+
+
+def test_position_code_marks_the_two_outer_rings_and_survives_save_and_load(tmp_path):
+    """``position_code``: the adaptor reads whether a patch lies on the frame's outermost ring
+    or the next one, as inputs of ``position_code`` feature scales; the same feature is then
+    adapted differently on the border than inside, and a saved detector scores the same."""
+    from conftest import tiny_config
+    from gas_lib.model import ring_indicators
+    from gas_lib.train import GASDetector
+
+    rings = ring_indicators((5, 6))
+    assert rings[:, 0].view(5, 6)[[0, -1]].all() and rings[:, 0].view(5, 6)[:, [0, -1]].all()
+    assert rings[:, 1].view(5, 6)[1:4, 1:5].sum() == 10 and rings.sum() == 5 * 6 - 2
+    images = torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    detector = GASDetector(tiny_config(epochs=2, position_code=4.0)).fit(images, progress=False)
+    codes = detector.adaptor.codes  # [P, 2]
+    assert detector.adaptor.linear.in_features == detector.adaptor.linear.out_features + 2
+    torch.testing.assert_close(codes, ring_indicators(detector.grid) * 4.0
+                               * detector.feature_scale)
+    one_feature = torch.randn(1, 1, 64).expand(1, codes.shape[0], 64)
+    with torch.no_grad():
+        adapted = detector.adaptor(one_feature.flatten(0, 1))  # [P, D]
+    border, inside = adapted[codes[:, 0] > 0], adapted[codes.sum(1) == 0]
+    assert torch.allclose(inside, inside[:1].expand_as(inside))  # no code: position-blind
+    assert (border[0] - inside[0]).norm() > 0.1 * detector.feature_scale
+    path = detector.save(tmp_path / "detector.pt")
+    loaded = GASDetector.load(path)
+    test = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(loaded.score(test)[0], detector.score(test)[0])
+    with pytest.raises(ValueError, match="position_code"):
+        GASConfig.preset("cpu", position_code=-1.0)
+
+
+def test_mass_weights_favour_a_small_tight_cluster_that_rarity_calls_common():
+    """A small, tight cluster far from the bulk (like the frame's ring on a texture): its
+    nearest neighbours are closer than the bulk's (rarity below 1), yet little mass lies around
+    it at the shell's scale, so ``mass_weight`` weighs it up, cut at the cap."""
+    gen = torch.Generator().manual_seed(0)
+    bulk = torch.randn(40, 90, 8, generator=gen) * 0.5  # [N, P, D]: 90 interior patches
+    ring = torch.randn(40, 10, 8, generator=gen) * 0.15 + torch.tensor([8.0] + [0.0] * 7)
+    features = torch.cat([bulk, ring], dim=1)  # [40, 100, 8]
+    rarity = patch_rarity(features)
+    assert rarity[:, 90:].median() < rarity[:, :90].median()
+    mass = shell_mass(features, radius=1.5)
+    assert mass.shape == (40, 100) and (mass > 0).all()
+    assert mass[:, 90:].median() < 0.5 * mass[:, :90].median()
+    weights = mass_weights(mass, 1.0, cap=4.0)
+    assert weights[:, 90:].median() > 1.5 * weights[:, :90].median()
+    assert weights.max() <= 4.0 + 1e-6
+    torch.testing.assert_close(mass_weights(mass, 2.0, 4.0), weights ** 2)
+    with pytest.raises(ValueError, match="mass_weight"):
+        GASConfig.preset("cpu", mass_weight=-1.0)
