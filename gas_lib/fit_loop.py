@@ -44,7 +44,7 @@ LASBatch = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 LAS_SHELL = (2.0, 4.0)  # hypersphere: LAS anomalous patches go to [2 r_t, 4 r_t] around c
 LAS_SEED_OFFSET = 2  # the LAS sampling generator is seed + 2: GAS's generators stay untouched
 # mass_weight: the most a thinly covered patch weighs against the median one (before the
-# exponent): about the surface surrogate's ring against its interior (3x the weight measured)
+# exponent): above the surface surrogate's ring, which weighed 2.98 against its interior's 1.00
 MASS_WEIGHT_CAP = 4.0
 
 
@@ -384,8 +384,8 @@ def clearance_mask(cfg: GASConfig, synthetic: torch.Tensor, normal: torch.Tensor
 
 
 def batch_weights(detector: GASDetector, idx: torch.Tensor) -> torch.Tensor | None:
-    """The patch weights [B * P] of the training images ``idx`` (``rarity_weight``), or None
-    (off, or a bare ``run_epoch`` call outside a fit)."""
+    """The patch weights [B * P] of the training images ``idx`` (``rarity_weight`` times
+    ``mass_weight``'s), or None (both off, or a bare ``run_epoch`` call outside a fit)."""
     weights = detector.patch_weights
     if weights is None:
         return None

@@ -139,8 +139,9 @@ def gas_losses(discriminator: Discriminator, normal: torch.Tensor, synthetic: to
     """``BCE(D(t), 0)`` and ``BCE(D(g), 1)``, from one discriminator pass over both sets
     (``normal_hidden``: ``first_layer(normal)`` with its graph, when already computed).
 
-    ``weights`` [N] (``rarity_weight``): each normal patch and the synthetic patch made from
-    it (row for row: every normal patch is an anchor) count in proportion, normalised to mean 1.
+    ``weights`` [N] (``rarity_weight``, ``mass_weight``): each normal patch and the synthetic
+    patch made from it (row for row: every normal patch is an anchor) count in proportion,
+    normalised to mean 1.
 
     ``counted`` [N] bool (``gas_clearance``): the synthetic patches the anomaly term averages
     (zero when none is).

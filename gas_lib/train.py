@@ -58,7 +58,8 @@ class GASDetector(PatchDetector):
         self.history: pd.DataFrame = pd.DataFrame()
         self.selected_epoch: int | None = None
         self.feature_scale: float | None = None  # radius_scale="relative": measured at fit
-        self.patch_weights: torch.Tensor | None = None  # [N, P] at fit; None when the exponent is 0
+        # [N, P] at fit (rarity and mass weights); None when neither applies
+        self.patch_weights: torch.Tensor | None = None
         self.radius_factor = 1.0  # relative radii x this (radius_quantile), set at fit
         # [P] (position_centring), set at fit; subtracted while the config's mode is not "off"
         self.position_offset: torch.Tensor | None = None
