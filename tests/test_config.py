@@ -29,9 +29,10 @@ def test_presets_carry_the_reference_settings():
     assert seed.embedding == "avgpool_concat" and glass.embedding == "reference"
     cpu = GASConfig.preset("cpu")
     assert cpu.backbone == "efficientnet_lite0"
-    # version 13: the Lipschitz discriminator and the excess centring; the reference profiles
-    # keep the BatchNorm discriminator and raw scores
-    assert (cpu.disc_lipschitz, cpu.position_centring) == (128.0, "excess")
+    # version 13: the Lipschitz discriminator and the excess centring; version 14: the mass
+    # weights. The reference profiles keep the BatchNorm discriminator, raw scores, no weights
+    assert (cpu.disc_lipschitz, cpu.position_centring, cpu.mass_weight) == (128.0, "excess", 1.0)
+    assert seed.mass_weight == glass.mass_weight == 0.0
     assert (seed.disc_lipschitz, seed.position_centring) == (glass.disc_lipschitz,
                                                              glass.position_centring) == (0.0, "off")
 

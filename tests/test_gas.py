@@ -273,7 +273,8 @@ def test_a_fit_with_half_the_anchors_trains_and_differs_from_the_full_one():
     histories = {}
     for fraction in (1.0, 0.5):
         detector = GASDetector(tiny_config(epochs=2, gas_patch_fraction=fraction,
-                                           rarity_weight=0.0))  # rarity needs every anchor
+                                           rarity_weight=0.0, mass_weight=0.0))
+        # (patch weights, by rarity or by mass, need every anchor)
         detector.fit(images, progress=False)
         history = detector.history[["loss_normal", "loss_anomaly"]].to_numpy()
         assert history.shape == (2, 2) and (history > 0).all() and np.isfinite(history).all()
@@ -290,7 +291,8 @@ def test_a_fit_with_rarity_weights_measures_them_and_trains_differently():
     histories = {}
     for exponent in (0.0, 1.0):
         detector = GASDetector(tiny_config(epochs=2, rarity_weight=exponent, rarity_flat=0.0,
-                                           rarity_full=0.0))  # the exponent as given
+                                           rarity_full=0.0, mass_weight=0.0))
+        # the exponent as given; the rarity weights alone
         detector.fit(images, progress=False)
         histories[exponent] = detector.history[["loss_normal", "loss_anomaly"]].to_numpy()
         assert np.isfinite(histories[exponent]).all()
@@ -299,7 +301,7 @@ def test_a_fit_with_rarity_weights_measures_them_and_trains_differently():
     assert weights[0].max() > weights[1:].median()
     assert not (histories[0.0] == histories[1.0]).all()
     capped = GASDetector(tiny_config(epochs=1, rarity_weight=1.0, rarity_cap=1.2,
-                                     rarity_flat=0.0, rarity_full=0.0))
+                                     rarity_flat=0.0, rarity_full=0.0, mass_weight=0.0))
     capped.fit(images, progress=False)
     assert capped.patch_weights is not None
     assert capped.patch_weights.max().item() == pytest.approx(1.2)  # the planted square is cut
@@ -386,7 +388,7 @@ def test_the_rarity_exponent_follows_the_spread_of_the_rarity(tmp_path):
     images = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     images[0, :, 20:44, 20:44] = 1.0  # one image with something the others lack
     detector = GASDetector(tiny_config(epochs=1, rarity_weight=1.0, rarity_flat=1.5,
-                                       rarity_full=3.0))
+                                       rarity_full=3.0, mass_weight=0.0))  # rarity alone
     detector.fit(images, progress=False)
     exponent = detector.rarity_exponent
     assert exponent is not None and 0.0 <= exponent <= 1.0
