@@ -428,3 +428,6 @@ def test_preset_settings_carry_the_radius_unit():
 
     assert ablation.preset_settings("glass")["radius_scale"] == "absolute"
     assert ablation.preset_settings("cpu")["radius_scale"] == "relative"
+    # and the patch weights: the reference's GAS counts every patch alike
+    assert ablation.preset_settings("glass")["mass_weight"] == 0.0
+    assert ablation.preset_settings("cpu")["mass_weight"] == 1.0

@@ -58,11 +58,12 @@ METRICS = ("image_auroc", "pixel_auroc", "aupro")
 ALL_METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap", "f1_max")
 # The settings a "settings" run copies from a preset: GAS itself (the radii, noise and step
 # with their units, how the ascent sees BatchNorm, the normal term's hard fraction, the
-# rarity weights) and the two optimisers.
+# rarity and mass weights) and the two optimisers.
 SETTING_KEYS = ("noise_std", "eta", "n_step", "n_proj", "r1", "r2", "radius_scale",
                 "step_scale", "ascent_norm", "normal_hard_fraction", "rarity_weight",
-                "rarity_cap", "rarity_flat", "rarity_full", "adaptor_optimizer", "adaptor_lr",
-                "adaptor_weight_decay", "disc_optimizer", "disc_lr", "disc_weight_decay")
+                "rarity_cap", "rarity_flat", "rarity_full", "mass_weight", "adaptor_optimizer",
+                "adaptor_lr", "adaptor_weight_decay", "disc_optimizer", "disc_lr",
+                "disc_weight_decay")
 PARAM_COLUMNS = ("r1", "r2", "eta", "n_step", "n_proj", "noise_std", "variant", "adaptor_lr",
                  "disc_lr", "disc_optimizer", "synthesis", "texture_source", "las_foreground",
                  "las_opacity")
